@@ -1,0 +1,437 @@
+"""
+The GetImage.io rules, in one place, with no I/O and no Airflow imports.
+
+Both hooks, the operator, the sensor and the trigger call these functions, so a status is
+classified, a response is read and a retry is decided the same way on every path. Keeping them
+pure makes them testable as tables and keeps the sync and async clients from drifting apart
+(they differ only in how they send and how they sleep).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import quote, urlsplit
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "DEFAULT_MODEL",
+    "DIFFUSIONS_PATH",
+    "Attempt",
+    "RetryPolicy",
+    "StatusWatch",
+    "base_url",
+    "classify",
+    "diffusion_path",
+    "error_message",
+    "failure_message",
+    "headers",
+    "image_urls",
+    "parse_retry_after",
+    "parse_timeout",
+    "parse_verify",
+    "read_response",
+    "retry_decision",
+    "submit_body",
+]
+
+DEFAULT_BASE_URL = "https://api.getimage.io"
+DEFAULT_MODEL = "midjourney"
+DIFFUSIONS_PATH = "/v1/diffusions"
+DEFAULT_REQUEST_TIMEOUT = 30.0
+"""Seconds to wait for a response (read timeout). Connecting gets ``CONNECT_TIMEOUT``."""
+CONNECT_TIMEOUT = 10.0
+DEFAULT_POLL_INTERVAL = 5.0
+DEFAULT_WAIT_TIMEOUT = 3600.0
+MESSAGE_LIMIT = 300
+"""Longest error text taken from a response body, so a HTML error page cannot flood a log."""
+
+SUCCESS_STATUSES = frozenset({"FINISHED"})
+FAILURE_STATUSES = frozenset({"FAILED", "ERROR", "CANCELED", "CANCELLED", "REJECTED", "EXPIRED"})
+RUNNING_STATUSES = frozenset({"NEW", "PROCESSING"})
+"""The running statuses seen from the service; any other unknown status is logged once."""
+
+IMAGE_URL_KEYS = ("url", "imageUrl", "uri", "src")
+
+Classification = Literal["success", "failed", "running"]
+Failure = Literal["connect", "read_timeout", "connection_lost", "tls", "bad_body", "http"]
+"""Why an attempt failed: the transport (before or after the request was sent) or the answer."""
+
+
+# --------------------------------------------------------------------------------------- statuses
+def classify(status: object) -> Classification:
+    """Classify a diffusion status: FINISHED is success, the terminal set is failure, else running."""
+    normalised = str(status or "").strip().upper()
+    if normalised in SUCCESS_STATUSES:
+        return "success"
+    if normalised in FAILURE_STATUSES:
+        return "failed"
+    return "running"
+
+
+@dataclass
+class StatusWatch:
+    """
+    Remember the last status seen for one diffusion, so each change is logged once.
+
+    ``observe`` answers whether the status changed and whether it is an unknown status seen for
+    the first time (so a caller warns once, not on every poll).
+    """
+
+    last: str | None = None
+    unknown_seen: set[str] = field(default_factory=set)
+
+    def observe(self, status: object) -> tuple[bool, bool]:
+        current = str(status or "").strip().upper() or "<missing>"
+        changed = current != self.last
+        self.last = current
+        known = current in SUCCESS_STATUSES | FAILURE_STATUSES | RUNNING_STATUSES
+        newly_unknown = not known and current not in self.unknown_seen
+        if newly_unknown:
+            self.unknown_seen.add(current)
+        return changed, newly_unknown
+
+
+def image_urls(diffusion: Mapping[str, Any]) -> list[str]:
+    """
+    Normalise the ``images`` of a diffusion record to a list of URL strings.
+
+    An entry may be a URL string or an object holding the URL under one of ``IMAGE_URL_KEYS``;
+    entries with no URL are skipped (the raw record keeps them).
+    """
+    images = diffusion.get("images") or []
+    if isinstance(images, (str, Mapping)):
+        images = [images]
+    urls: list[str] = []
+    for entry in images:
+        if isinstance(entry, str):
+            if entry.strip():
+                urls.append(entry.strip())
+        elif isinstance(entry, Mapping):
+            for key in IMAGE_URL_KEYS:
+                value = entry.get(key)
+                if isinstance(value, str) and value.strip():
+                    urls.append(value.strip())
+                    break
+    return urls
+
+
+def failure_message(diffusion: Mapping[str, Any]) -> str:
+    """The reason a diffusion failed, as the service put it, or its status when it gave none."""
+    found = _message_from(diffusion)
+    return found or f"diffusion ended with status {diffusion.get('status')!s}"
+
+
+# ------------------------------------------------------------------------------------ connection
+def base_url(host: str | None, port: int | None = None) -> str:
+    """
+    The API base URL from a connection's host and port.
+
+    An empty host means the public API. A host may carry a scheme and a port
+    (``http://127.0.0.1:8000``); a bare host name gets ``https://``.
+
+    :raises ValueError: naming the host when it is not an http(s) URL.
+    """
+    raw = (host or "").strip()
+    if not raw:
+        return DEFAULT_BASE_URL
+    candidate = raw if "://" in raw else f"https://{raw}"
+    parts = urlsplit(candidate)
+    try:
+        parsed_port = parts.port
+    except ValueError:
+        raise ValueError(f"Connection host {raw!r} has an invalid port.") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"Connection host {raw!r} is not an http(s) URL such as {DEFAULT_BASE_URL}.")
+    if parts.query or parts.fragment or parts.username:
+        raise ValueError(f"Connection host {raw!r} must not hold credentials, a query or a fragment.")
+    netloc = parts.netloc
+    if port and parsed_port is None:
+        netloc = f"{netloc}:{int(port)}"
+    return f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}"
+
+
+def is_loopback(url: str) -> bool:
+    """Whether a URL points at this machine (where plain http is no risk to the key)."""
+    host = (urlsplit(url).hostname or "").lower()
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def headers(api_key: str) -> dict[str, str]:
+    """The request headers: bearer auth and JSON both ways."""
+    from airflow_provider_getimage import __version__
+
+    return {
+        "Authorization": f"Bearer {api_key}",
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+        "User-Agent": f"airflow-provider-getimage/{__version__}",
+    }
+
+
+def extra_value(extra: Mapping[str, Any], name: str, conn_type: str = "getimage") -> Any:
+    """Read an extra by its plain name or the ``extra__<type>__<name>`` form older UIs store."""
+    value = extra.get(name)
+    if value in (None, ""):
+        value = extra.get(f"extra__{conn_type}__{name}")
+    return None if value == "" else value
+
+
+def parse_verify(value: object) -> bool | str:
+    """The ``verify`` extra: a bool (or its string form) or the path of a CA bundle. Default on."""
+    if value is None:
+        return True
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip()
+    if text.lower() in ("", "true", "1", "yes", "on"):
+        return True
+    if text.lower() in ("false", "0", "no", "off"):
+        return False
+    return text
+
+
+def parse_timeout(value: object) -> float:
+    """The ``request_timeout`` extra in seconds; must be a positive number."""
+    if value is None or value == "":
+        return DEFAULT_REQUEST_TIMEOUT
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"Connection extra request_timeout={value!r} is not a number of seconds.") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"Connection extra request_timeout={value!r} must be a positive number of seconds.")
+    return seconds
+
+
+# -------------------------------------------------------------------------------------- requests
+def diffusion_path(diffusion_id: str) -> str:
+    """The path of one diffusion, with the id quoted so it cannot change the path."""
+    return f"{DIFFUSIONS_PATH}/{quote(diffusion_id, safe='')}"
+
+
+def check_diffusion_id(diffusion_id: object) -> str:
+    """A diffusion id must be a non-blank string."""
+    if not isinstance(diffusion_id, str) or not diffusion_id.strip():
+        raise ValueError(f"diffusion_id must be a non-empty string, got {diffusion_id!r}.")
+    return diffusion_id.strip()
+
+
+def check_prompt(prompt: object) -> str:
+    """A prompt must be a non-blank string: an empty one would be paid for and fail."""
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a string, got {type(prompt).__name__}: {prompt!r}.")
+    if not prompt.strip():
+        raise ValueError(f"prompt must not be empty or blank, got {prompt!r}.")
+    return prompt
+
+
+def check_model(model: object) -> str:
+    """A model must be a non-blank string."""
+    if not isinstance(model, str):
+        raise TypeError(f"model must be a string, got {type(model).__name__}: {model!r}.")
+    if not model.strip():
+        raise ValueError(f"model must not be empty or blank, got {model!r}.")
+    return model.strip()
+
+
+def check_parameters(parameters: object) -> dict[str, Any]:
+    """Extra generation parameters must be a JSON object that does not repeat prompt or model."""
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, Mapping):
+        raise TypeError(
+            f"parameters must be a dict (a JSON object), got {type(parameters).__name__}: {parameters!r}."
+        )
+    bad_keys = [key for key in parameters if not isinstance(key, str)]
+    if bad_keys:
+        raise TypeError(f"parameters keys must be strings, got {bad_keys!r}.")
+    clash = sorted({"prompt", "model"} & set(parameters))
+    if clash:
+        raise ValueError(f"parameters must not contain {clash}: pass them as their own arguments.")
+    try:
+        json.dumps(parameters, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"parameters must be JSON-serialisable: {err}.") from None
+    return dict(parameters)
+
+
+def check_positive(name: str, value: object) -> float:
+    """A duration in seconds must be a positive, finite number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}: {value!r}.")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}.")
+    return float(value)
+
+
+def submit_body(prompt: object, model: object, parameters: object) -> dict[str, Any]:
+    """The JSON body of a submission; extra parameters pass through untouched."""
+    return {"prompt": check_prompt(prompt), "model": check_model(model), **check_parameters(parameters)}
+
+
+# -------------------------------------------------------------------------------------- responses
+@dataclass(frozen=True)
+class Attempt:
+    """
+    What one HTTP attempt came to: a JSON object, or why it failed.
+
+    ``failure`` is None on success. ``status_code`` is None when no response arrived.
+    """
+
+    data: dict[str, Any] | None = None
+    failure: Failure | None = None
+    status_code: int | None = None
+    message: str = ""
+    retry_after: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+
+def _message_from(body: object) -> str:
+    if not isinstance(body, Mapping):
+        return ""
+    error = body.get("error")
+    if isinstance(error, Mapping):
+        nested = error.get("message")
+        if isinstance(nested, str) and nested.strip():
+            return nested.strip()
+    for candidate in (error, body.get("message"), body.get("detail")):
+        if isinstance(candidate, str) and candidate.strip():
+            return candidate.strip()
+    return ""
+
+
+def error_message(status_code: int | None, text: str) -> str:
+    """
+    A readable error from a response: the message the body holds, else the (truncated) text.
+
+    Always carries the HTTP status, so ``"HTTP 401: Invalid API key"``.
+    """
+    try:
+        body = json.loads(text) if text else None
+    except ValueError:
+        body = None
+    message = _message_from(body) or " ".join(text.split())
+    if len(message) > MESSAGE_LIMIT:
+        message = message[:MESSAGE_LIMIT] + "..."
+    prefix = f"HTTP {status_code}" if status_code is not None else "No response"
+    return f"{prefix}: {message}" if message else prefix
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` in seconds, from its delta-seconds or HTTP-date form; None if absent or bad."""
+    if not value:
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def read_response(status_code: int, text: str, retry_after: str | None = None) -> Attempt:
+    """Turn an HTTP answer into an ``Attempt``: a JSON object on 2xx, else a described failure."""
+    if 200 <= status_code < 300:
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None
+        if isinstance(data, dict):
+            return Attempt(data=data, status_code=status_code)
+        return Attempt(
+            failure="bad_body",
+            status_code=status_code,
+            message=f"HTTP {status_code} with a body that is not a JSON object: {text[:80]!r}",
+        )
+    return Attempt(
+        failure="http",
+        status_code=status_code,
+        message=error_message(status_code, text),
+        retry_after=parse_retry_after(retry_after),
+    )
+
+
+# ---------------------------------------------------------------------------------------- retries
+@dataclass(frozen=True)
+class RetryPolicy:
+    """
+    How hard to retry: attempts in all, exponential backoff bounds, and the cap on ``Retry-After``.
+
+    The default gives up after about a minute of backoff, long enough for a blip or a deploy.
+    """
+
+    max_attempts: int = 6
+    backoff_base: float = 1.0
+    backoff_max: float = 30.0
+    retry_after_cap: float = 60.0
+
+
+NEVER_RETRIED = frozenset({400, 401, 403, 404, 405, 409, 413, 415, 422})
+
+
+def retry_decision(
+    method: str, attempt_number: int, attempt: Attempt, policy: RetryPolicy, jitter: float
+) -> float | None:
+    """
+    Seconds to wait before the next attempt, or None to give up.
+
+    GETs retry on transport errors, bad bodies, 429 and 5xx. A submission (POST) is not
+    idempotent: it retries only where the server provably did not take it (the connection
+    failed before sending, 429, 503). ``jitter`` is a number in [0, 1) from the caller's RNG.
+    """
+    if attempt.ok or attempt_number >= policy.max_attempts:
+        return None
+    code = attempt.status_code
+    if attempt.failure == "tls" or (code is not None and code in NEVER_RETRIED):
+        return None
+    if method.upper() == "GET":
+        retryable = attempt.failure in ("connect", "read_timeout", "connection_lost", "bad_body") or (
+            code is not None and (code == 429 or code >= 500)
+        )
+    else:
+        retryable = attempt.failure == "connect" or code in (429, 503)
+    if not retryable:
+        return None
+    if attempt.retry_after is not None and code in (429, 503):
+        return min(attempt.retry_after, policy.retry_after_cap)
+    ceiling = min(policy.backoff_max, policy.backoff_base * 2 ** (attempt_number - 1))
+    return ceiling / 2 + ceiling / 2 * jitter
+
+
+ErrorKind = Literal["auth", "not_found", "rate_limit", "ambiguous_submit", "tls", "request"]
+
+
+def error_kind(method: str, attempt: Attempt) -> ErrorKind:
+    """Which error an attempt that will not be retried amounts to (the hook maps it to a class)."""
+    code = attempt.status_code
+    if attempt.failure == "tls":
+        return "tls"
+    if code in (401, 403):
+        return "auth"
+    if code == 404:
+        return "not_found"
+    if code == 429:
+        return "rate_limit"
+    # A submission that reached the server and whose answer was lost or broken may have been taken.
+    lost_answer = code is None and attempt.failure != "connect"
+    broken_answer = attempt.failure == "bad_body" or ((code or 0) >= 500 and code != 503)
+    if method.upper() == "POST" and (lost_answer or broken_answer):
+        return "ambiguous_submit"
+    return "request"

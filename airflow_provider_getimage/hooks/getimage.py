@@ -1,0 +1,557 @@
+"""
+Hooks for the GetImage.io API: the only module of the provider that does HTTP.
+
+``GetImageHook`` (sync, requests, for workers) and ``GetImageAsyncHook`` (aiohttp, for triggers)
+are thin shells over ``_rules``: they send, map transport errors to a ``Failure`` once, and sleep
+between attempts; what to retry and what an answer means is decided by the shared rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import ssl
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import requests
+from airflow.providers.http.hooks.http import HttpAsyncHook, HttpHook, SessionConfig
+from urllib3.exceptions import ConnectTimeoutError, MaxRetryError
+
+from airflow_provider_getimage import _rules
+from airflow_provider_getimage._rules import Attempt, Failure, RetryPolicy
+from airflow_provider_getimage.exceptions import (
+    GetImageAuthError,
+    GetImageDiffusionFailed,
+    GetImageError,
+    GetImageNotFoundError,
+    GetImageRateLimitError,
+    GetImageSubmitUncertainError,
+    GetImageTimeoutError,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from types import TracebackType
+
+__all__ = [
+    "GetImageAsyncHook",
+    "GetImageAuthError",
+    "GetImageDiffusionFailed",
+    "GetImageError",
+    "GetImageHook",
+    "GetImageNotFoundError",
+    "GetImageRateLimitError",
+    "GetImageSubmitUncertainError",
+    "GetImageTimeoutError",
+]
+
+CONN_TYPE = "getimage"
+DEFAULT_CONN_ID = "getimage_default"
+HOOK_NAME = "GetImage.io"
+
+_ERROR_CLASSES: dict[_rules.ErrorKind, type[GetImageError]] = {
+    "auth": GetImageAuthError,
+    "not_found": GetImageNotFoundError,
+    "rate_limit": GetImageRateLimitError,
+    "ambiguous_submit": GetImageSubmitUncertainError,
+    "tls": GetImageError,
+    "request": GetImageError,
+}
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """What a hook needs from its connection, read and checked once."""
+
+    conn_id: str
+    base_url: str
+    api_key: str = field(repr=False)
+    default_model: str
+    timeout: float
+    verify: bool | str
+
+
+def settings_from_connection(
+    conn_id: str, host: str | None, port: int | None, password: str | None, extra: Mapping[str, Any]
+) -> ApiSettings:
+    """
+    Check a connection's fields and turn them into ``ApiSettings``.
+
+    :raises GetImageError: naming the connection and the bad field (never its value for the key).
+    """
+    if not password or not password.strip():
+        raise GetImageError(
+            f"Connection {conn_id!r} has no API key: put the GetImage.io API key in its password field."
+        )
+    try:
+        url = _rules.base_url(host, port)
+        timeout = _rules.parse_timeout(_rules.extra_value(extra, "request_timeout"))
+    except ValueError as err:
+        raise GetImageError(f"Connection {conn_id!r}: {err}") from None
+    model = _rules.extra_value(extra, "default_model")
+    return ApiSettings(
+        conn_id=conn_id,
+        base_url=url,
+        api_key=password.strip(),
+        default_model=str(model).strip() if model else _rules.DEFAULT_MODEL,
+        timeout=timeout,
+        verify=_rules.parse_verify(_rules.extra_value(extra, "verify")),
+    )
+
+
+def _error_for(
+    method: str, path: str, attempt: Attempt, attempts: int, settings: ApiSettings
+) -> GetImageError:
+    """Build the error for an attempt that will not be retried; the key is scrubbed from it."""
+    kind = _rules.error_kind(method, attempt)
+    tries = f"after {attempts} attempts" if attempts > 1 else "after 1 attempt"
+    message = f"GetImage.io {method} {path} failed {tries}: {attempt.message}"
+    if kind == "ambiguous_submit":
+        message += (
+            ". The diffusion may have been created (and charged) even though no id came back; "
+            "it was not submitted again. Check your GetImage.io account before retrying."
+        )
+    elif kind == "auth":
+        message += f". Check the API key in connection {settings.conn_id!r}."
+    elif kind == "tls":
+        message += ". Set the connection extra 'verify' to the CA bundle of this server."
+    message = message.replace(settings.api_key, "***")
+    diffusion_id = path.rsplit("/", 1)[-1] if path.startswith(_rules.DIFFUSIONS_PATH + "/") else None
+    return _ERROR_CLASSES[kind](
+        message, status_code=attempt.status_code, diffusion_id=diffusion_id, retry_after=attempt.retry_after
+    )
+
+
+def _short(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def _requests_failure(exc: requests.RequestException) -> Failure:
+    """Map a requests error to a ``Failure``: did the request provably never leave?"""
+    if isinstance(exc, requests.exceptions.SSLError):
+        return "tls"
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return "connect"
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        return "read_timeout"
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        cause = exc.args[0] if exc.args else None
+        reason = cause.reason if isinstance(cause, MaxRetryError) else cause
+        # urllib3's NewConnectionError (refused, unreachable) is a ConnectTimeoutError.
+        if isinstance(reason, ConnectTimeoutError):
+            return "connect"
+    return "connection_lost"
+
+
+def _aiohttp_failure(exc: BaseException) -> Failure:
+    """Map an aiohttp error to a ``Failure``, the async twin of ``_requests_failure``."""
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return "tls"
+    if isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)):
+        return "connect"
+    if isinstance(exc, (aiohttp.ServerTimeoutError, asyncio.TimeoutError)):
+        return "read_timeout"
+    return "connection_lost"
+
+
+class _HookMixin:
+    """What both hooks share: the connection type they serve and the image normalisation."""
+
+    conn_name_attr = "getimage_conn_id"
+    default_conn_name = DEFAULT_CONN_ID
+    conn_type = CONN_TYPE
+    hook_name = HOOK_NAME
+
+    @staticmethod
+    def image_urls(diffusion: Mapping[str, Any]) -> list[str]:
+        """The image URLs of a finished diffusion record (strings or objects, normalised)."""
+        return _rules.image_urls(diffusion)
+
+
+class GetImageHook(_HookMixin, HttpHook):
+    """
+    Talk to GetImage.io from a worker, synchronously.
+
+    One ``requests`` session (keep-alive) per hook; every request has a connect and a read
+    timeout; GETs are retried with backoff, a submission only where it provably was not taken.
+
+    :param getimage_conn_id: the connection holding the API key (password) and base URL (host).
+    :param retry_policy: how hard to retry; the default suits the public API.
+    """
+
+    def __init__(
+        self,
+        getimage_conn_id: str = DEFAULT_CONN_ID,
+        retry_policy: RetryPolicy | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(method="GET", http_conn_id=getimage_conn_id, **kwargs)
+        self.getimage_conn_id = getimage_conn_id
+        self.retry_policy = retry_policy or RetryPolicy()
+        self._settings: ApiSettings | None = None
+        self._session: requests.Session | None = None
+        self._random = random.Random()
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """The connection form: the key goes in the password field; login, schema, port are hidden."""
+        return {
+            "hidden_fields": ["login", "schema", "port"],
+            "relabeling": {"password": "API Key", "host": "Base URL"},
+            "placeholders": {
+                "host": _rules.DEFAULT_BASE_URL,
+                "password": "GetImage.io API key",
+                "default_model": _rules.DEFAULT_MODEL,
+                "request_timeout": str(int(_rules.DEFAULT_REQUEST_TIMEOUT)),
+                "verify": "true, false or /path/to/ca-bundle.pem",
+            },
+        }
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """Extra fields of the connection form, for UIs that still read them from the hook."""
+        from wtforms import StringField
+        from wtforms.validators import Optional
+
+        try:
+            from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
+
+            widget: dict[str, Any] = {"widget": BS3TextFieldWidget()}
+        except ImportError:
+            widget = {}
+        return {
+            "default_model": StringField("Default model", validators=[Optional()], **widget),
+            "request_timeout": StringField("Request timeout (seconds)", validators=[Optional()], **widget),
+            "verify": StringField(
+                "Verify TLS (true/false or CA bundle path)", validators=[Optional()], **widget
+            ),
+        }
+
+    # ---------------------------------------------------------------------------- connection
+    @property
+    def settings(self) -> ApiSettings:
+        """The connection's settings, read once per hook."""
+        if self._settings is None:
+            conn = self.get_connection(self.getimage_conn_id)
+            self._settings = settings_from_connection(
+                self.getimage_conn_id, conn.host, conn.port, conn.password, conn.extra_dejson
+            )
+            if self._settings.base_url.startswith("http://") and not _rules.is_loopback(
+                self._settings.base_url
+            ):
+                self.log.warning(
+                    "Connection %s sends the API key over plain http to %s; use https.",
+                    self.getimage_conn_id,
+                    self._settings.base_url,
+                )
+        return self._settings
+
+    def get_conn(
+        self, headers: dict[Any, Any] | None = None, extra_options: dict[str, Any] | None = None
+    ) -> requests.Session:
+        """The hook's one keep-alive session, with auth and JSON headers set."""
+        if self._session is None:
+            settings = self.settings
+            self.base_url = settings.base_url
+            self._base_url_initialized = True
+            session = requests.Session()
+            session.headers.update(_rules.headers(settings.api_key))
+            session.verify = settings.verify
+            self._session = self._configure_session_from_mount_adapters(session)
+        if headers:
+            self._session.headers.update(headers)
+        return self._session
+
+    def close(self) -> None:
+        """Close the session's pooled connections."""
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def __enter__(self) -> GetImageHook:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------ requests
+    def _attempt(self, method: str, path: str, body: dict[str, Any] | None) -> Attempt:
+        session = self.get_conn()
+        try:
+            response = session.request(
+                method,
+                self.settings.base_url + path,
+                json=body,
+                timeout=(_rules.CONNECT_TIMEOUT, self.settings.timeout),
+                # Per request: requests lets REQUESTS_CA_BUNDLE override a session's verify.
+                verify=self.settings.verify,
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            return Attempt(failure=_requests_failure(exc), message=_short(exc))
+        return _rules.read_response(response.status_code, response.text, response.headers.get("Retry-After"))
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        number = 0
+        while True:
+            number += 1
+            attempt = self._attempt(method, path, body)
+            if attempt.data is not None:
+                return attempt.data
+            wait = _rules.retry_decision(method, number, attempt, self.retry_policy, self._random.random())
+            if wait is None:
+                raise _error_for(method, path, attempt, number, self.settings)
+            self.log.info(
+                "GetImage.io %s %s: %s; retry %d of %d in %.1f s",
+                method,
+                path,
+                attempt.message,
+                number,
+                self.retry_policy.max_attempts - 1,
+                wait,
+            )
+            time.sleep(wait)
+
+    # ------------------------------------------------------------------------------------ API
+    def submit_diffusion(self, prompt: str, model: str | None = None, **parameters: Any) -> dict[str, Any]:
+        """
+        Submit a prompt; returns the new diffusion record (``id``, ``status``, ``createdAt``).
+
+        The input is checked before anything is sent: a submission costs credits. Extra generation
+        parameters are sent untouched. A submission is never sent twice for one call.
+        """
+        body = _rules.submit_body(prompt, model or self.settings.default_model, parameters)
+        record = self._request("POST", _rules.DIFFUSIONS_PATH, body)
+        diffusion_id = record.get("id")
+        if not isinstance(diffusion_id, str) or not diffusion_id:
+            raise GetImageSubmitUncertainError(
+                "GetImage.io accepted the submission but its answer holds no diffusion id; "
+                "it was not submitted again."
+            )
+        self.log.info("Submitted diffusion %s (model %s)", diffusion_id, body["model"])
+        return record
+
+    def get_diffusion(self, diffusion_id: str) -> dict[str, Any]:
+        """The current record of a diffusion (``status``; ``images`` once FINISHED)."""
+        diffusion_id = _rules.check_diffusion_id(diffusion_id)
+        return self._request("GET", _rules.diffusion_path(diffusion_id))
+
+    def wait_for_diffusion(
+        self,
+        diffusion_id: str,
+        poll_interval: float = _rules.DEFAULT_POLL_INTERVAL,
+        timeout: float = _rules.DEFAULT_WAIT_TIMEOUT,
+    ) -> dict[str, Any]:
+        """
+        Poll until the diffusion is FINISHED and return its final record.
+
+        :raises GetImageDiffusionFailed: on a terminal failure status, with the service's message.
+        :raises GetImageTimeoutError: when ``timeout`` seconds pass first (the diffusion may still finish).
+        """
+        poll_interval = _rules.check_positive("poll_interval", poll_interval)
+        timeout = _rules.check_positive("timeout", timeout)
+        started = time.monotonic()
+        deadline = started + timeout
+        watch = _rules.StatusWatch()
+        while True:
+            record = self.get_diffusion(diffusion_id)
+            outcome = log_status(self.log, diffusion_id, record, watch, time.monotonic() - started)
+            if outcome == "success":
+                return record
+            if outcome == "failed":
+                raise diffusion_failed(diffusion_id, record)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise GetImageTimeoutError(
+                    f"Diffusion {diffusion_id} was not finished after {timeout:g} s "
+                    f"(last status {watch.last}); it may still finish.",
+                    diffusion_id=diffusion_id,
+                )
+            time.sleep(min(poll_interval, remaining))
+
+    def test_connection(self) -> tuple[bool, str]:
+        """
+        Check the key for the UI's Test button without spending credits.
+
+        Asks for a diffusion id that cannot exist: 404 means the key was accepted, 401/403 not.
+        """
+        probe = RetryPolicy(max_attempts=2, backoff_base=0.5, backoff_max=1.0, retry_after_cap=2.0)
+        saved, self.retry_policy = self.retry_policy, probe
+        try:
+            self.get_diffusion(f"connection-test-{uuid.uuid4()}")
+        except GetImageNotFoundError:
+            return True, f"Connected to {self.settings.base_url}: the API key was accepted."
+        except GetImageError as err:
+            return False, str(err)
+        finally:
+            self.retry_policy = saved
+        return True, f"Connected to {self.settings.base_url}: the API key was accepted."
+
+
+class GetImageAsyncHook(_HookMixin, HttpAsyncHook):
+    """
+    Talk to GetImage.io from an event loop (triggers), with no blocking call.
+
+    The connection is read with the compat provider's async helpers, once per hook; one aiohttp
+    session (keep-alive) serves every request of the hook until ``close()``.
+
+    :param getimage_conn_id: the connection holding the API key (password) and base URL (host).
+    :param retry_policy: how hard to retry; the default suits the public API.
+    """
+
+    def __init__(
+        self, getimage_conn_id: str = DEFAULT_CONN_ID, retry_policy: RetryPolicy | None = None
+    ) -> None:
+        super().__init__(method="GET", http_conn_id=getimage_conn_id)
+        self.getimage_conn_id = getimage_conn_id
+        self.retry_policy = retry_policy or RetryPolicy()
+        self._settings: ApiSettings | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._ssl: bool | ssl.SSLContext = True
+        self._random = random.Random()
+
+    async def get_settings(self) -> ApiSettings:
+        """The connection's settings, fetched asynchronously once per hook."""
+        if self._settings is None:
+            from airflow.providers.common.compat.connection import (
+                get_async_connection,
+                get_async_extra_dejson,
+            )
+
+            conn = await get_async_connection(self.getimage_conn_id, hook=self)
+            extra = await get_async_extra_dejson(conn)
+            settings = settings_from_connection(
+                self.getimage_conn_id, conn.host, conn.port, conn.password, extra
+            )
+            if isinstance(settings.verify, str):
+                # Reading a CA bundle is disk I/O: keep it off the event loop.
+                self._ssl = await asyncio.to_thread(ssl.create_default_context, cafile=settings.verify)
+            else:
+                self._ssl = settings.verify
+            self._settings = settings
+        return self._settings
+
+    async def config(self) -> SessionConfig:
+        """``HttpAsyncHook``'s session config, from this provider's connection rules."""
+        settings = await self.get_settings()
+        return SessionConfig(base_url=settings.base_url, headers=_rules.headers(settings.api_key))
+
+    async def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            settings = await self.get_settings()
+            self._session = aiohttp.ClientSession(
+                headers=_rules.headers(settings.api_key),
+                timeout=aiohttp.ClientTimeout(
+                    total=None, connect=_rules.CONNECT_TIMEOUT, sock_read=settings.timeout
+                ),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        """Close the session and its pooled connections."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> GetImageAsyncHook:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def _attempt(self, method: str, path: str, body: dict[str, Any] | None) -> Attempt:
+        session = await self._get_session()
+        settings = await self.get_settings()
+        try:
+            async with session.request(
+                method, settings.base_url + path, json=body, ssl=self._ssl, allow_redirects=False
+            ) as response:
+                text = await response.text()
+                return _rules.read_response(response.status, text, response.headers.get("Retry-After"))
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            return Attempt(failure=_aiohttp_failure(exc), message=_short(exc))
+
+    async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        number = 0
+        while True:
+            number += 1
+            attempt = await self._attempt(method, path, body)
+            if attempt.data is not None:
+                return attempt.data
+            wait = _rules.retry_decision(method, number, attempt, self.retry_policy, self._random.random())
+            if wait is None:
+                raise _error_for(method, path, attempt, number, await self.get_settings())
+            self.log.info(
+                "GetImage.io %s %s: %s; retry %d of %d in %.1f s",
+                method,
+                path,
+                attempt.message,
+                number,
+                self.retry_policy.max_attempts - 1,
+                wait,
+            )
+            await asyncio.sleep(wait)
+
+    async def submit_diffusion(
+        self, prompt: str, model: str | None = None, **parameters: Any
+    ) -> dict[str, Any]:
+        """Submit a prompt from an event loop; same checks and retry rules as the sync hook."""
+        settings = await self.get_settings()
+        body = _rules.submit_body(prompt, model or settings.default_model, parameters)
+        record = await self._request("POST", _rules.DIFFUSIONS_PATH, body)
+        if not isinstance(record.get("id"), str) or not record["id"]:
+            raise GetImageSubmitUncertainError(
+                "GetImage.io accepted the submission but its answer holds no diffusion id; "
+                "it was not submitted again."
+            )
+        self.log.info("Submitted diffusion %s (model %s)", record["id"], body["model"])
+        return record
+
+    async def get_diffusion(self, diffusion_id: str) -> dict[str, Any]:
+        """The current record of a diffusion (``status``; ``images`` once FINISHED)."""
+        diffusion_id = _rules.check_diffusion_id(diffusion_id)
+        return await self._request("GET", _rules.diffusion_path(diffusion_id))
+
+
+def log_status(
+    log: Any, diffusion_id: str, record: Mapping[str, Any], watch: _rules.StatusWatch, elapsed: float
+) -> _rules.Classification:
+    """Log a status change once (INFO) and an unknown status once (WARNING); classify the status."""
+    status = record.get("status")
+    previous = watch.last
+    changed, newly_unknown = watch.observe(status)
+    if newly_unknown:
+        log.warning(
+            "Diffusion %s reports status %r, which this provider does not know; treating it as running.",
+            diffusion_id,
+            status,
+        )
+    if changed:
+        log.info(
+            "Diffusion %s: %s -> %s (%.1f s elapsed)",
+            diffusion_id,
+            previous or "submitted",
+            watch.last,
+            elapsed,
+        )
+    else:
+        log.debug("Diffusion %s still %s (%.1f s elapsed)", diffusion_id, watch.last, elapsed)
+    return _rules.classify(status)
+
+
+def diffusion_failed(diffusion_id: str, record: Mapping[str, Any]) -> GetImageDiffusionFailed:
+    """The error for a diffusion that ended in a terminal failure status."""
+    status, reason = record.get("status"), _rules.failure_message(record)
+    return GetImageDiffusionFailed(
+        f"Diffusion {diffusion_id} ended with status {status}: {reason}",
+        diffusion_id=diffusion_id,
+    )

@@ -1,0 +1,328 @@
+"""The pure rules, as tables: statuses, images, errors, URLs, input checks and retry decisions."""
+
+from __future__ import annotations
+
+import email.utils
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from airflow_provider_getimage import _rules
+from airflow_provider_getimage._rules import Attempt, RetryPolicy
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        ("FINISHED", "success"),
+        ("finished", "success"),
+        (" Finished ", "success"),
+        *[(s, "failed") for s in ("FAILED", "ERROR", "CANCELED", "CANCELLED", "REJECTED", "EXPIRED")],
+        ("failed", "failed"),
+        ("NEW", "running"),
+        ("PROCESSING", "running"),
+        ("QUEUED", "running"),
+        ("", "running"),
+        (None, "running"),
+    ],
+)
+def test_classify(status: Any, expected: str) -> None:
+    assert _rules.classify(status) == expected
+
+
+def test_status_watch_reports_changes_and_unknown_once() -> None:
+    watch = _rules.StatusWatch()
+    assert watch.observe("NEW") == (True, False)
+    assert watch.observe("NEW") == (False, False)
+    assert watch.observe("QUEUED") == (True, True)
+    assert watch.observe("QUEUED") == (False, False)
+    assert watch.observe("PROCESSING") == (True, False)
+    assert watch.observe("queued") == (True, False)  # known by now: no second warning
+    assert watch.last == "QUEUED"
+
+
+@pytest.mark.parametrize(
+    ("images", "expected"),
+    [
+        (["https://a/1.png", "https://a/2.png"], ["https://a/1.png", "https://a/2.png"]),
+        (
+            [{"url": "https://a/1.png"}, {"imageUrl": "https://a/2.png"}],
+            ["https://a/1.png", "https://a/2.png"],
+        ),
+        ([{"uri": "https://a/3.png"}, {"src": "https://a/4.png"}], ["https://a/3.png", "https://a/4.png"]),
+        ([{"url": "https://a/1.png", "src": "ignored"}], ["https://a/1.png"]),
+        ([{"width": 512}, "", None, 5, " https://a/5.png "], ["https://a/5.png"]),
+        ("https://a/single.png", ["https://a/single.png"]),
+        ({"url": "https://a/obj.png"}, ["https://a/obj.png"]),
+        (None, []),
+        ([], []),
+    ],
+)
+def test_image_urls(images: Any, expected: list[str]) -> None:
+    assert _rules.image_urls({"status": "FINISHED", "images": images}) == expected
+
+
+@pytest.mark.parametrize(
+    ("status", "text", "expected"),
+    [
+        (
+            401,
+            '{"error": {"code": "unauthorized", "message": "Invalid API key"}}',
+            "HTTP 401: Invalid API key",
+        ),
+        (400, '{"error": "prompt is required"}', "HTTP 400: prompt is required"),
+        (422, '{"message": "bad size"}', "HTTP 422: bad size"),
+        (422, '{"detail": "seed must be an int"}', "HTTP 422: seed must be an int"),
+        (502, "<html><body>Bad gateway</body></html>", "HTTP 502: <html><body>Bad gateway</body></html>"),
+        (500, "", "HTTP 500"),
+        (None, "", "No response"),
+    ],
+)
+def test_error_message(status: int | None, text: str, expected: str) -> None:
+    assert _rules.error_message(status, text) == expected
+
+
+def test_error_message_truncates_long_bodies() -> None:
+    message = _rules.error_message(503, "x" * 5000)
+    assert message.startswith("HTTP 503: xxx")
+    assert len(message) < _rules.MESSAGE_LIMIT + 20
+
+
+@pytest.mark.parametrize(
+    ("record", "expected"),
+    [
+        ({"status": "FAILED", "message": "Prompt rejected"}, "Prompt rejected"),
+        ({"status": "FAILED", "error": {"message": "GPU lost"}}, "GPU lost"),
+        ({"status": "EXPIRED"}, "diffusion ended with status EXPIRED"),
+    ],
+)
+def test_failure_message(record: dict[str, Any], expected: str) -> None:
+    assert _rules.failure_message(record) == expected
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "expected"),
+    [
+        (None, None, "https://api.getimage.io"),
+        ("", None, "https://api.getimage.io"),
+        ("api.getimage.io", None, "https://api.getimage.io"),
+        ("https://api.getimage.io/", None, "https://api.getimage.io"),
+        ("http://127.0.0.1:8000", None, "http://127.0.0.1:8000"),
+        ("http://127.0.0.1", 8000, "http://127.0.0.1:8000"),
+        ("http://127.0.0.1:8000", 9999, "http://127.0.0.1:8000"),
+        ("https://proxy.example.com/getimage/", None, "https://proxy.example.com/getimage"),
+    ],
+)
+def test_base_url(host: str | None, port: int | None, expected: str) -> None:
+    assert _rules.base_url(host, port) == expected
+
+
+@pytest.mark.parametrize(
+    "host", ["ftp://files.example.com", "http://", "https://user:pw@host", "http://h:99999"]
+)
+def test_base_url_rejects_non_http_urls(host: str) -> None:
+    with pytest.raises(ValueError, match="Connection host"):
+        _rules.base_url(host)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, True),
+        (True, True),
+        (False, False),
+        ("false", False),
+        ("True", True),
+        ("0", False),
+        ("/ca.pem", "/ca.pem"),
+    ],
+)
+def test_parse_verify(value: object, expected: bool | str) -> None:
+    assert _rules.parse_verify(value) == expected
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, 30.0), ("", 30.0), ("12.5", 12.5), (5, 5.0)])
+def test_parse_timeout(value: object, expected: float) -> None:
+    assert _rules.parse_timeout(value) == expected
+
+
+@pytest.mark.parametrize("value", ["abc", 0, -3, "inf"])
+def test_parse_timeout_rejects(value: object) -> None:
+    with pytest.raises(ValueError, match="request_timeout"):
+        _rules.parse_timeout(value)
+
+
+def test_extra_value_reads_prefixed_form() -> None:
+    assert _rules.extra_value({"extra__getimage__default_model": "sdxl"}, "default_model") == "sdxl"
+    assert (
+        _rules.extra_value({"default_model": "flux", "extra__getimage__default_model": "x"}, "default_model")
+        == "flux"
+    )
+    assert _rules.extra_value({}, "default_model") is None
+
+
+def test_headers_carry_bearer_and_json() -> None:
+    headers = _rules.headers("k3y")
+    assert headers["Authorization"] == "Bearer k3y"
+    assert headers["Content-Type"] == "application/json"
+
+
+def test_diffusion_path_quotes_the_id() -> None:
+    assert _rules.diffusion_path("abc") == "/v1/diffusions/abc"
+    assert _rules.diffusion_path("../admin?x=1") == "/v1/diffusions/..%2Fadmin%3Fx%3D1"
+
+
+@pytest.mark.parametrize(
+    ("prompt", "model", "parameters", "error", "match"),
+    [
+        ("", "midjourney", None, ValueError, "prompt must not be empty"),
+        ("   ", "midjourney", None, ValueError, "prompt must not be empty"),
+        (42, "midjourney", None, TypeError, "prompt must be a string, got int: 42"),
+        (None, "midjourney", None, TypeError, "prompt must be a string"),
+        ("a cat", "", None, ValueError, "model must not be empty"),
+        ("a cat", 3, None, TypeError, "model must be a string, got int"),
+        ("a cat", "midjourney", "size=1024", TypeError, "parameters must be a dict"),
+        ("a cat", "midjourney", ["a"], TypeError, "parameters must be a dict"),
+        ("a cat", "midjourney", {"prompt": "x"}, ValueError, "must not contain \\['prompt'\\]"),
+        ("a cat", "midjourney", {"seed": object()}, TypeError, "JSON-serialisable"),
+        ("a cat", "midjourney", {"seed": float("nan")}, TypeError, "JSON-serialisable"),
+        ("a cat", "midjourney", {1: "x"}, TypeError, "keys must be strings"),
+    ],
+)
+def test_submit_body_rejects_bad_input(
+    prompt: Any, model: Any, parameters: Any, error: type, match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        _rules.submit_body(prompt, model, parameters)
+
+
+def test_submit_body_passes_parameters_untouched() -> None:
+    params = {"size": "1024x1024", "negative_prompt": "blur", "seed": 7, "nested": {"a": [1, 2]}}
+    assert _rules.submit_body("a cat", " midjourney ", params) == {
+        "prompt": "a cat",
+        "model": "midjourney",
+        **params,
+    }
+
+
+@pytest.mark.parametrize("value", [0, -1, float("inf"), float("nan"), "5", True, None])
+def test_check_positive_rejects(value: Any) -> None:
+    with pytest.raises((TypeError, ValueError), match="poll_interval"):
+        _rules.check_positive("poll_interval", value)
+
+
+def test_parse_retry_after_forms() -> None:
+    assert _rules.parse_retry_after("7") == 7.0
+    assert _rules.parse_retry_after("1.5") == 1.5
+    assert _rules.parse_retry_after(None) is None
+    assert _rules.parse_retry_after("soon") is None
+    now = time.time()
+    date = email.utils.formatdate(now + 30, usegmt=True)
+    assert _rules.parse_retry_after(date, now=now) == pytest.approx(30, abs=1.0)
+    past = email.utils.formatdate(now - 30, usegmt=True)
+    assert _rules.parse_retry_after(past, now=now) == 0.0
+
+
+def test_read_response() -> None:
+    assert _rules.read_response(200, '{"id": "x"}').data == {"id": "x"}
+    bad = _rules.read_response(200, "<html>oops</html>")
+    assert bad.failure == "bad_body"
+    assert bad.status_code == 200
+    limited = _rules.read_response(429, '{"error": {"message": "slow down"}}', "3")
+    assert (limited.failure, limited.status_code, limited.retry_after) == ("http", 429, 3.0)
+    assert limited.message == "HTTP 429: slow down"
+
+
+POLICY = RetryPolicy(max_attempts=5, backoff_base=1.0, backoff_max=8.0, retry_after_cap=20.0)
+CONNECT = Attempt(failure="connect", message="refused")
+READ_TIMEOUT = Attempt(failure="read_timeout")
+LOST = Attempt(failure="connection_lost")
+BAD_BODY = Attempt(failure="bad_body", status_code=200)
+TLS = Attempt(failure="tls")
+
+
+def http(code: int, retry_after: float | None = None) -> Attempt:
+    return Attempt(failure="http", status_code=code, retry_after=retry_after)
+
+
+@pytest.mark.parametrize(
+    ("method", "attempt", "retried"),
+    [
+        ("GET", CONNECT, True),
+        ("GET", READ_TIMEOUT, True),
+        ("GET", LOST, True),
+        ("GET", BAD_BODY, True),
+        ("GET", http(429), True),
+        ("GET", http(500), True),
+        ("GET", http(502), True),
+        ("GET", http(503), True),
+        ("GET", http(400), False),
+        ("GET", http(401), False),
+        ("GET", http(403), False),
+        ("GET", http(404), False),
+        ("GET", TLS, False),
+        ("POST", CONNECT, True),
+        ("POST", http(429), True),
+        ("POST", http(503), True),
+        ("POST", READ_TIMEOUT, False),
+        ("POST", LOST, False),
+        ("POST", BAD_BODY, False),
+        ("POST", http(500), False),
+        ("POST", http(502), False),
+        ("POST", http(504), False),
+        ("POST", http(400), False),
+        ("POST", http(401), False),
+    ],
+)
+def test_retry_decision_table(method: str, attempt: Attempt, retried: bool) -> None:
+    assert (_rules.retry_decision(method, 1, attempt, POLICY, 0.5) is not None) is retried
+
+
+def test_retry_backoff_grows_with_jitter_and_cap() -> None:
+    waits = [_rules.retry_decision("GET", n, http(500), POLICY, 0.0) for n in range(1, 5)]
+    assert waits == [0.5, 1.0, 2.0, 4.0]
+    assert _rules.retry_decision("GET", 4, http(500), POLICY, 0.999) == pytest.approx(8.0, abs=0.01)
+    assert _rules.retry_decision("GET", 5, http(500), POLICY, 0.5) is None  # attempts spent
+
+
+def test_retry_after_is_honoured_and_capped() -> None:
+    assert _rules.retry_decision("GET", 1, http(429, retry_after=3.0), POLICY, 0.9) == 3.0
+    assert _rules.retry_decision("POST", 1, http(503, retry_after=4.0), POLICY, 0.9) == 4.0
+    assert _rules.retry_decision("GET", 1, http(429, retry_after=999.0), POLICY, 0.9) == 20.0
+
+
+@pytest.mark.parametrize(
+    ("method", "attempt", "kind"),
+    [
+        ("GET", http(401), "auth"),
+        ("POST", http(403), "auth"),
+        ("GET", http(404), "not_found"),
+        ("GET", http(429), "rate_limit"),
+        ("POST", http(429), "rate_limit"),
+        ("GET", http(500), "request"),
+        ("POST", http(500), "ambiguous_submit"),
+        ("POST", http(502), "ambiguous_submit"),
+        ("POST", http(503), "request"),
+        ("POST", READ_TIMEOUT, "ambiguous_submit"),
+        ("POST", LOST, "ambiguous_submit"),
+        ("POST", BAD_BODY, "ambiguous_submit"),
+        ("POST", CONNECT, "request"),
+        ("POST", http(400), "request"),
+        ("POST", http(402), "request"),
+        ("GET", TLS, "tls"),
+    ],
+)
+def test_error_kind(method: str, attempt: Attempt, kind: str) -> None:
+    assert _rules.error_kind(method, attempt) == kind
+
+
+def test_rules_import_no_airflow() -> None:
+    """The rules stay pure: importing them loads no Airflow module (checked in a fresh interpreter)."""
+    code = (
+        "import sys, airflow_provider_getimage._rules; "
+        "sys.exit(any(m == 'airflow' or m.startswith('airflow.') for m in sys.modules))"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
