@@ -1,0 +1,133 @@
+"""Operator that submits a GetImage.io diffusion and (by default) waits for its images."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.common.compat.sdk import BaseOperator
+
+from airflow_provider_getimage import _rules
+from airflow_provider_getimage.exceptions import GetImageError
+from airflow_provider_getimage.hooks.getimage import DEFAULT_CONN_ID, GetImageHook
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from airflow.providers.common.compat.sdk import Context
+
+__all__ = ["GetImageDiffusionOperator"]
+
+
+def _is_template(value: object) -> bool:
+    return isinstance(value, str) and ("{{" in value or "{%" in value)
+
+
+def _known_now(value: object) -> bool:
+    """Whether a value is final at parse time (not a template, an XComArg or a mapped input)."""
+    if _is_template(value):
+        return False
+    return value is None or isinstance(value, (str, bytes, bool, int, float, list, tuple, dict, set))
+
+
+class GetImageDiffusionOperator(BaseOperator):
+    """
+    Submit a prompt to GetImage.io and wait for the images.
+
+    The diffusion id is pushed to XCom (key ``diffusion_id``) right after the submission, before
+    any wait, so it is never lost. When waiting, the return value is the list of image URLs and
+    the final record is in XCom ``diffusion``; with ``wait_for_completion=False`` the return value
+    is the diffusion id (pair it with ``GetImageDiffusionSensor``).
+
+    Arguments known when the DAG is parsed are checked then, with an error naming the argument:
+    a bad submission would cost credits.
+
+    :param prompt: the text to draw (templated).
+    :param model: the model (templated); ``None`` uses the connection's ``default_model`` extra.
+    :param parameters: extra generation parameters (size, seed, ...), sent untouched (templated).
+    :param getimage_conn_id: the GetImage.io connection (templated).
+    :param wait_for_completion: wait for the images (default) or return the id at once.
+    :param poll_interval: seconds between status checks while waiting.
+    :param timeout: seconds to wait for the generation before failing with ``GetImageTimeoutError``.
+    """
+
+    template_fields: Sequence[str] = ("prompt", "model", "parameters", "getimage_conn_id")
+    template_fields_renderers = {"parameters": "json"}
+    ui_color = "#d7c6f5"
+
+    def __init__(
+        self,
+        *,
+        prompt: str,
+        model: str | None = _rules.DEFAULT_MODEL,
+        parameters: dict[str, Any] | None = None,
+        getimage_conn_id: str = DEFAULT_CONN_ID,
+        wait_for_completion: bool = True,
+        poll_interval: float = _rules.DEFAULT_POLL_INTERVAL,
+        timeout: float = _rules.DEFAULT_WAIT_TIMEOUT,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.prompt = prompt
+        self.model = model
+        self.parameters = parameters
+        self.getimage_conn_id = getimage_conn_id
+        self.wait_for_completion = wait_for_completion
+        self.poll_interval = _rules.check_positive("poll_interval", poll_interval)
+        self.timeout = _rules.check_positive("timeout", timeout)
+        self._check_inputs(at_parse_time=True)
+
+    def _check_inputs(self, at_parse_time: bool = False) -> tuple[str, str | None, dict[str, Any]]:
+        """Check prompt, model, parameters and conn id; at parse time only the values already final."""
+
+        def final(value: object) -> bool:
+            return not at_parse_time or _known_now(value)
+
+        prompt = _rules.check_prompt(self.prompt) if final(self.prompt) else self.prompt
+        model = self.model
+        if model is not None and final(model):
+            model = _rules.check_model(model)
+        parameters = _rules.check_parameters(self.parameters) if final(self.parameters) else {}
+        if final(self.getimage_conn_id) and (
+            not isinstance(self.getimage_conn_id, str) or not self.getimage_conn_id.strip()
+        ):
+            raise ValueError(f"getimage_conn_id must be a non-empty string, got {self.getimage_conn_id!r}.")
+        return prompt, model, parameters
+
+    @cached_property
+    def hook(self) -> GetImageHook:
+        """The hook of this task's connection (one keep-alive session for submit and polls)."""
+        return GetImageHook(getimage_conn_id=self.getimage_conn_id)
+
+    def execute(self, context: Context) -> list[str] | str:
+        prompt, model, parameters = self._check_inputs()
+        record = self.hook.submit_diffusion(prompt, model, **parameters)
+        diffusion_id: str = record["id"]
+        context["ti"].xcom_push(key="diffusion_id", value=diffusion_id)
+        if not self.wait_for_completion:
+            context["ti"].xcom_push(key="diffusion", value=record)
+            return diffusion_id
+        try:
+            final = self.hook.wait_for_diffusion(diffusion_id, self.poll_interval, self.timeout)
+        finally:
+            self.hook.close()
+        return self._finish(context, diffusion_id, final)
+
+    def _finish(self, context: Context, diffusion_id: str, record: dict[str, Any]) -> list[str]:
+        """Push the final record and return the image URLs of a finished diffusion."""
+        context["ti"].xcom_push(key="diffusion", value=record)
+        urls = self.hook.image_urls(record)
+        if not urls:
+            raise GetImageError(
+                f"Diffusion {diffusion_id} is FINISHED but lists no image URL; "
+                "its full record is in XCom 'diffusion'.",
+                diffusion_id=diffusion_id,
+            )
+        self.log.info("Diffusion %s finished with %d image(s)", diffusion_id, len(urls))
+        return urls
+
+    def on_kill(self) -> None:
+        """GetImage.io has no cancel call: say which diffusion keeps running, close the session."""
+        self.log.warning("Task killed; the submitted diffusion (see XCom 'diffusion_id') is not cancelled.")
+        if "hook" in self.__dict__:
+            self.hook.close()

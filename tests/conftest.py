@@ -1,0 +1,70 @@
+"""
+Test set-up: a throw-away Airflow home (sqlite) and the emulator fixtures.
+
+Airflow reads its configuration when first imported, so the environment is set here, at import
+time, before any test module imports Airflow. DAGs run by ``dag.test()`` must come from a DAG
+bundle (Airflow 3 serializes them to the database first), so the repository's ``example_dags/``
+and ``tests/dags/`` are declared as two local bundles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from airflow_provider_getimage.emulator import Emulator
+
+REPO = Path(__file__).resolve().parents[1]
+AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="getimage-test-airflow-"))
+BUNDLES = [
+    {
+        "name": "getimage_examples",
+        "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+        "kwargs": {"path": str(REPO / "example_dags"), "refresh_interval": 0},
+    },
+    {
+        "name": "getimage_test_dags",
+        "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+        "kwargs": {"path": str(REPO / "tests" / "dags"), "refresh_interval": 0},
+    },
+]
+
+os.environ.update(
+    {
+        "AIRFLOW_HOME": str(AIRFLOW_HOME),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "example_dags"),
+        "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps(BUNDLES),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{AIRFLOW_HOME}/airflow.db",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+    }
+)
+# A developer's own connection must not leak into the tests.
+os.environ.pop("AIRFLOW_CONN_GETIMAGE_DEFAULT", None)
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Iterator[Path]:
+    """A migrated sqlite metadata database, once per test session."""
+    from airflow.utils import db
+
+    db.resetdb(skip_init=False)
+    yield AIRFLOW_HOME
+    shutil.rmtree(AIRFLOW_HOME, ignore_errors=True)
+
+
+@pytest.fixture
+def getimage_conn(getimage_emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> Emulator:
+    """The default connection (``getimage_default``) pointed at a fresh emulator, via env var."""
+    monkeypatch.setenv("AIRFLOW_CONN_GETIMAGE_DEFAULT", getimage_emulator.airflow_connection())
+    return getimage_emulator

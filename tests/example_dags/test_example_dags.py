@@ -1,0 +1,49 @@
+"""Every example DAG parses, and runs end to end through ``dag.test()`` against the emulator."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+from PIL import Image
+
+from tests import dag_runs
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from airflow_provider_getimage.emulator import Emulator
+
+pytestmark = pytest.mark.usefixtures("airflow_db")
+
+EXAMPLE_FILES = sorted(dag_runs.EXAMPLE_DAGS.glob("*.py"))
+
+
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=[p.name for p in EXAMPLE_FILES])
+def test_example_dag_file_parses(path: Path) -> None:
+    dags = dag_runs.parse(path)
+    assert dags, f"{path.name} defines no DAG"
+    for dag in dags.values():
+        assert "example" in dag.tags
+
+
+def test_example_getimage_saves_real_pngs(
+    getimage_conn: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GETIMAGE_OUTPUT_DIR", str(tmp_path))
+    dag = dag_runs.parse(dag_runs.EXAMPLE_DAGS / "example_getimage.py")["example_getimage"]
+    dag_run = dag_runs.run(dag, prompt="a koi pond in autumn")
+    assert set(dag_runs.states(dag_run).values()) == {"success"}
+    paths = dag_runs.xcom(dag_run, "download")
+    diffusion_id = dag_runs.xcom(dag_run, "generate", "diffusion_id")
+    assert len(paths) == 4
+    for index, path in enumerate(paths):
+        assert path.startswith(str(tmp_path))
+        assert path.endswith(f"{diffusion_id}_{index}.png")
+        with Image.open(path) as image:
+            assert image.format == "PNG"
+            image.verify()
+    leftovers = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".png"]
+    assert leftovers == [], "atomic writes leave no partial file behind"
+    assert getimage_conn.stats()["submissions"] == 1
+    assert getimage_conn.stats()["image_downloads"] == 4

@@ -1,0 +1,122 @@
+"""The operator through real Airflow (``dag.test()``) against the emulator over loopback HTTP."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+from airflow_provider_getimage.operators.getimage import GetImageDiffusionOperator
+from tests import dag_runs
+
+if TYPE_CHECKING:
+    from airflow.sdk import DAG
+
+    from airflow_provider_getimage.emulator import Emulator
+
+pytestmark = pytest.mark.usefixtures("airflow_db")
+
+
+@pytest.fixture(scope="module")
+def dags() -> dict[str, DAG]:
+    return dag_runs.parse(dag_runs.TEST_DAGS / "getimage_operator_dags.py")
+
+
+def test_waits_and_returns_urls(dags: dict[str, DAG], getimage_conn: Emulator) -> None:
+    dag_run = dag_runs.run(dags["getimage_operator_wait"], prompt="a snowy owl")
+    assert dag_runs.states(dag_run) == {("generate", -1): "success"}
+    urls = dag_runs.xcom(dag_run, "generate")
+    diffusion_id = dag_runs.xcom(dag_run, "generate", "diffusion_id")
+    record = dag_runs.xcom(dag_run, "generate", "diffusion")
+    assert record["id"] == diffusion_id
+    assert record["status"] == "FINISHED"
+    assert urls == record["images"]
+    assert len(urls) == 4
+    (diffusion,) = getimage_conn.diffusions()
+    assert diffusion["id"] == diffusion_id
+    assert diffusion["body"] == {
+        "prompt": "a snowy owl",
+        "model": "midjourney",
+        "seed": 7,
+        "negative_prompt": "blurry",
+    }, "templated prompt and parameters were rendered and sent untouched"
+    assert getimage_conn.stats()["submissions"] == 1
+
+
+def test_submit_only_returns_the_id(dags: dict[str, DAG], getimage_conn: Emulator) -> None:
+    dag_run = dag_runs.run(dags["getimage_operator_submit_only"])
+    diffusion_id = dag_runs.xcom(dag_run, "submit")
+    assert diffusion_id == dag_runs.xcom(dag_run, "submit", "diffusion_id")
+    assert diffusion_id == getimage_conn.diffusions()[0]["id"]
+    stats = getimage_conn.stats()
+    assert (stats["submissions"], stats["polls"]) == (1, 0)
+
+
+def test_failed_diffusion_fails_the_task_with_its_id(dags: dict[str, DAG], getimage_conn: Emulator) -> None:
+    getimage_conn.configure(failing_prompts=("forbidden",))
+    dag_run = dag_runs.run(dags["getimage_operator_wait"], prompt="something forbidden")
+    assert dag_runs.states(dag_run) == {("generate", -1): "failed"}
+    diffusion_id = dag_runs.xcom(dag_run, "generate", "diffusion_id")
+    assert diffusion_id == getimage_conn.diffusions()[0]["id"], "the id was pushed before the wait"
+    assert getimage_conn.stats()["submissions"] == 1
+
+
+def test_timeout_fails_the_task(dags: dict[str, DAG], getimage_conn: Emulator) -> None:
+    getimage_conn.configure(latency=600)
+    dag_run = dag_runs.run(dags["getimage_operator_timeout"])
+    assert dag_runs.states(dag_run) == {("generate", -1): "failed"}
+    assert dag_runs.xcom(dag_run, "generate", "diffusion_id")
+
+
+def test_dynamic_mapping_one_submission_per_prompt(dags: dict[str, DAG], getimage_conn: Emulator) -> None:
+    dag_run = dag_runs.run(dags["getimage_operator_mapped"])
+    states = dag_runs.states(dag_run)
+    assert states == {
+        ("generate", 0): "success",
+        ("generate", 1): "success",
+        ("generate", 2): "success",
+        ("gather", -1): "success",
+    }
+    urls = dag_runs.xcom(dag_run, "gather")
+    assert len(urls) == 12
+    prompts = sorted(d["prompt"] for d in getimage_conn.diffusions())
+    assert prompts == ["a blue whale", "a green owl", "a red fox"]
+    assert getimage_conn.stats()["submissions"] == 3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"prompt": ""}, ValueError, "prompt must not be empty"),
+        ({"prompt": "   "}, ValueError, "prompt must not be empty"),
+        ({"prompt": 12}, TypeError, "prompt must be a string, got int: 12"),
+        ({"prompt": "x", "model": ""}, ValueError, "model must not be empty"),
+        ({"prompt": "x", "model": 5}, TypeError, "model must be a string"),
+        ({"prompt": "x", "parameters": "seed=1"}, TypeError, "parameters must be a dict"),
+        ({"prompt": "x", "parameters": {"prompt": "y"}}, ValueError, "parameters must not contain"),
+        ({"prompt": "x", "poll_interval": 0}, ValueError, "poll_interval must be a positive"),
+        ({"prompt": "x", "timeout": -5}, ValueError, "timeout must be a positive"),
+        ({"prompt": "x", "getimage_conn_id": ""}, ValueError, "getimage_conn_id must be a non-empty"),
+    ],
+)
+def test_bad_arguments_fail_at_parse_time(kwargs: dict, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        GetImageDiffusionOperator(task_id="bad", **kwargs)
+
+
+def test_templated_arguments_are_checked_after_rendering() -> None:
+    operator = GetImageDiffusionOperator(
+        task_id="later", prompt="{{ params.prompt }}", parameters="{{ params.p }}"
+    )
+    operator.prompt = "  "  # what a blank param renders to
+    with pytest.raises(ValueError, match="prompt must not be empty"):
+        operator._check_inputs()
+
+
+def test_template_fields() -> None:
+    assert tuple(GetImageDiffusionOperator.template_fields) == (
+        "prompt",
+        "model",
+        "parameters",
+        "getimage_conn_id",
+    )

@@ -1,0 +1,86 @@
+"""The provider registers with Airflow: schema-valid provider info, discovered connection type."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from importlib import resources
+from importlib.metadata import entry_points
+
+import jsonschema
+
+from airflow_provider_getimage import __version__
+from airflow_provider_getimage.get_provider_info import get_provider_info
+
+
+def test_provider_info_is_valid_against_airflows_schema() -> None:
+    schema = json.loads((resources.files("airflow") / "provider_info.schema.json").read_text())
+    jsonschema.validate(get_provider_info(), schema)
+
+
+def test_entry_point_points_at_get_provider_info() -> None:
+    (entry,) = [
+        e
+        for e in entry_points(group="apache_airflow_provider")
+        if e.value.startswith("airflow_provider_getimage")
+    ]
+    assert entry.load() is get_provider_info
+    assert get_provider_info()["package-name"] == "airflow-provider-getimage"
+    assert get_provider_info()["versions"] == [__version__]
+
+
+def test_every_registered_module_and_class_imports() -> None:
+    import importlib
+
+    info = get_provider_info()
+    modules = [
+        m for section in ("hooks", "operators") for item in info[section] for m in item["python-modules"]
+    ]
+    for module in modules:
+        importlib.import_module(module)
+    for conn in info["connection-types"]:
+        module, _, name = conn["hook-class-name"].rpartition(".")
+        hook = getattr(importlib.import_module(module), name)
+        assert hook.conn_type == conn["connection-type"] == "getimage"
+        assert hook.hook_name == conn["hook-name"] == "GetImage.io"
+        assert hook.default_conn_name == "getimage_default"
+
+
+def test_providers_manager_discovers_the_connection_form() -> None:
+    from airflow.providers_manager import ProvidersManager
+
+    manager = ProvidersManager()
+    assert "airflow-provider-getimage" in manager.providers
+    assert "getimage" in manager.hooks
+    behaviour = manager.field_behaviours["getimage"]
+    assert set(behaviour["hidden_fields"]) == {"login", "schema", "port"}
+    assert behaviour["relabeling"]["password"] == "API Key"
+    widgets = {name for name in manager.connection_form_widgets if name.startswith("extra__getimage__")}
+    assert widgets == {
+        "extra__getimage__default_model",
+        "extra__getimage__request_timeout",
+        "extra__getimage__verify",
+    }
+
+
+def test_runtime_code_never_imports_the_emulator() -> None:
+    """The emulator is a test tool: importing the provider's runtime modules must not load it."""
+    code = (
+        "import sys\n"
+        "import airflow_provider_getimage.get_provider_info\n"
+        "import airflow_provider_getimage.hooks.getimage\n"
+        "import airflow_provider_getimage.operators.getimage\n"
+        "sys.exit(any(m.startswith('airflow_provider_getimage.emulator') for m in sys.modules))\n"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_emulator_never_imports_the_rules() -> None:
+    """The emulator must not share the provider's rules, so a wrong rule cannot hide on both sides."""
+    code = (
+        "import sys\n"
+        "import airflow_provider_getimage.emulator.server, airflow_provider_getimage.emulator.cli\n"
+        "sys.exit('airflow_provider_getimage._rules' in sys.modules or 'airflow' in sys.modules)\n"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
