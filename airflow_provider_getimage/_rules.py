@@ -386,29 +386,36 @@ class RetryPolicy:
 NEVER_RETRIED = frozenset({400, 401, 403, 404, 405, 409, 413, 415, 422})
 
 
+def is_retryable(method: str, attempt: Attempt) -> bool:
+    """
+    Whether a failed attempt is worth repeating: transient for a GET, provably untaken for a POST.
+
+    GETs retry on transport errors, bad bodies, 429 and 5xx. A submission (POST) is not
+    idempotent: it retries only where the server provably did not take it (the connection
+    failed before sending, 429, 503).
+    """
+    code = attempt.status_code
+    if attempt.ok or attempt.failure == "tls" or (code is not None and code in NEVER_RETRIED):
+        return False
+    if method.upper() == "GET":
+        return attempt.failure in ("connect", "read_timeout", "connection_lost", "bad_body") or (
+            code is not None and (code == 429 or code >= 500)
+        )
+    return attempt.failure == "connect" or code in (429, 503)
+
+
 def retry_decision(
     method: str, attempt_number: int, attempt: Attempt, policy: RetryPolicy, jitter: float
 ) -> float | None:
     """
     Seconds to wait before the next attempt, or None to give up.
 
-    GETs retry on transport errors, bad bodies, 429 and 5xx. A submission (POST) is not
-    idempotent: it retries only where the server provably did not take it (the connection
-    failed before sending, 429, 503). ``jitter`` is a number in [0, 1) from the caller's RNG.
+    Backoff is exponential with jitter (``jitter`` is a number in [0, 1) from the caller's RNG);
+    a ``Retry-After`` on 429/503 wins, capped.
     """
-    if attempt.ok or attempt_number >= policy.max_attempts:
+    if attempt_number >= policy.max_attempts or not is_retryable(method, attempt):
         return None
     code = attempt.status_code
-    if attempt.failure == "tls" or (code is not None and code in NEVER_RETRIED):
-        return None
-    if method.upper() == "GET":
-        retryable = attempt.failure in ("connect", "read_timeout", "connection_lost", "bad_body") or (
-            code is not None and (code == 429 or code >= 500)
-        )
-    else:
-        retryable = attempt.failure == "connect" or code in (429, 503)
-    if not retryable:
-        return None
     if attempt.retry_after is not None and code in (429, 503):
         return min(attempt.retry_after, policy.retry_after_cap)
     ceiling = min(policy.backoff_max, policy.backoff_base * 2 ** (attempt_number - 1))

@@ -28,6 +28,7 @@ class GetImageError(AirflowException):
     :param status_code: the HTTP status of the answer, when there was one.
     :param diffusion_id: the diffusion concerned, when known.
     :param retry_after: seconds the server asked to wait, when it did.
+    :param transient: the failure may pass (network, 5xx, 429): a poller may try again later.
     """
 
     def __init__(
@@ -37,12 +38,14 @@ class GetImageError(AirflowException):
         status_code: int | None = None,
         diffusion_id: str | None = None,
         retry_after: float | None = None,
+        transient: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.status_code = status_code
         self.diffusion_id = diffusion_id
         self.retry_after = retry_after
+        self.transient = transient
 
 
 class GetImageAuthError(GetImageError):

@@ -41,6 +41,18 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_provider_getimage.operators.getimage"],
             }
         ],
+        "sensors": [
+            {
+                "integration-name": "GetImage.io",
+                "python-modules": ["airflow_provider_getimage.sensors.getimage"],
+            }
+        ],
+        "triggers": [
+            {
+                "integration-name": "GetImage.io",
+                "python-modules": ["airflow_provider_getimage.triggers.getimage"],
+            }
+        ],
         "connection-types": [
             {
                 "connection-type": "getimage",

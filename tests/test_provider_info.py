@@ -35,7 +35,10 @@ def test_every_registered_module_and_class_imports() -> None:
 
     info = get_provider_info()
     modules = [
-        m for section in ("hooks", "operators") for item in info[section] for m in item["python-modules"]
+        m
+        for section in ("hooks", "operators", "sensors", "triggers")
+        for item in info[section]
+        for m in item["python-modules"]
     ]
     for module in modules:
         importlib.import_module(module)

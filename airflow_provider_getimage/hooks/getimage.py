@@ -122,7 +122,11 @@ def _error_for(
     message = message.replace(settings.api_key, "***")
     diffusion_id = path.rsplit("/", 1)[-1] if path.startswith(_rules.DIFFUSIONS_PATH + "/") else None
     return _ERROR_CLASSES[kind](
-        message, status_code=attempt.status_code, diffusion_id=diffusion_id, retry_after=attempt.retry_after
+        message,
+        status_code=attempt.status_code,
+        diffusion_id=diffusion_id,
+        retry_after=attempt.retry_after,
+        transient=_rules.is_retryable(method, attempt),
     )
 
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.common.compat.sdk import BaseOperator
+from airflow.providers.common.compat.sdk import BaseOperator, conf
 
 from airflow_provider_getimage import _rules
 from airflow_provider_getimage.exceptions import GetImageError
-from airflow_provider_getimage.hooks.getimage import DEFAULT_CONN_ID, GetImageHook
+from airflow_provider_getimage.hooks.getimage import DEFAULT_CONN_ID, GetImageHook, diffusion_failed
+from airflow_provider_getimage.triggers.getimage import GetImageDiffusionTrigger, result_from_event
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -39,6 +41,10 @@ class GetImageDiffusionOperator(BaseOperator):
     the final record is in XCom ``diffusion``; with ``wait_for_completion=False`` the return value
     is the diffusion id (pair it with ``GetImageDiffusionSensor``).
 
+    With ``deferrable=True`` the wait happens in the triggerer (``GetImageDiffusionTrigger``), so
+    no worker slot is held for the minutes a generation takes; the deadline (``timeout``) is kept
+    by the trigger itself, so it always ends in ``execute_complete`` with a clear error.
+
     Arguments known when the DAG is parsed are checked then, with an error naming the argument:
     a bad submission would cost credits.
 
@@ -47,6 +53,8 @@ class GetImageDiffusionOperator(BaseOperator):
     :param parameters: extra generation parameters (size, seed, ...), sent untouched (templated).
     :param getimage_conn_id: the GetImage.io connection (templated).
     :param wait_for_completion: wait for the images (default) or return the id at once.
+    :param deferrable: wait in the triggerer instead of the worker; defaults to
+        ``[operators] default_deferrable``.
     :param poll_interval: seconds between status checks while waiting.
     :param timeout: seconds to wait for the generation before failing with ``GetImageTimeoutError``.
     """
@@ -63,6 +71,7 @@ class GetImageDiffusionOperator(BaseOperator):
         parameters: dict[str, Any] | None = None,
         getimage_conn_id: str = DEFAULT_CONN_ID,
         wait_for_completion: bool = True,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poll_interval: float = _rules.DEFAULT_POLL_INTERVAL,
         timeout: float = _rules.DEFAULT_WAIT_TIMEOUT,
         **kwargs: Any,
@@ -73,6 +82,7 @@ class GetImageDiffusionOperator(BaseOperator):
         self.parameters = parameters
         self.getimage_conn_id = getimage_conn_id
         self.wait_for_completion = wait_for_completion
+        self.deferrable = deferrable
         self.poll_interval = _rules.check_positive("poll_interval", poll_interval)
         self.timeout = _rules.check_positive("timeout", timeout)
         self._check_inputs(at_parse_time=True)
@@ -101,17 +111,51 @@ class GetImageDiffusionOperator(BaseOperator):
 
     def execute(self, context: Context) -> list[str] | str:
         prompt, model, parameters = self._check_inputs()
-        record = self.hook.submit_diffusion(prompt, model, **parameters)
-        diffusion_id: str = record["id"]
-        context["ti"].xcom_push(key="diffusion_id", value=diffusion_id)
-        if not self.wait_for_completion:
-            context["ti"].xcom_push(key="diffusion", value=record)
-            return diffusion_id
         try:
-            final = self.hook.wait_for_diffusion(diffusion_id, self.poll_interval, self.timeout)
+            record = self.hook.submit_diffusion(prompt, model, **parameters)
+            submitted_at = time.time()
+            diffusion_id: str = record["id"]
+            context["ti"].xcom_push(key="diffusion_id", value=diffusion_id)
+            if not self.wait_for_completion:
+                context["ti"].xcom_push(key="diffusion", value=record)
+                return diffusion_id
+            if self.deferrable:
+                final = self._check_then_defer(diffusion_id, end_time=submitted_at + self.timeout)
+            else:
+                final = self.hook.wait_for_diffusion(diffusion_id, self.poll_interval, self.timeout)
         finally:
             self.hook.close()
         return self._finish(context, diffusion_id, final)
+
+    def _check_then_defer(self, diffusion_id: str, end_time: float) -> dict[str, Any]:
+        """Check once (a quick generation needs no triggerer): the finished record, or defer."""
+        try:
+            current = self.hook.get_diffusion(diffusion_id)
+        except GetImageError as err:
+            if not err.transient:
+                raise
+            self.log.warning("Diffusion %s: first check failed, deferring anyway: %s", diffusion_id, err)
+        else:
+            outcome = _rules.classify(current.get("status"))
+            if outcome == "failed":
+                raise diffusion_failed(diffusion_id, current)
+            if outcome == "success":
+                return current
+        self.log.info("Deferring: diffusion %s is waited for in the triggerer", diffusion_id)
+        self.defer(
+            trigger=GetImageDiffusionTrigger(
+                diffusion_id=diffusion_id,
+                getimage_conn_id=self.getimage_conn_id,
+                poll_interval=self.poll_interval,
+                end_time=end_time,
+            ),
+            method_name="execute_complete",
+        )
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[str]:
+        """Resume after the trigger: the image URLs, or a task failure that names the diffusion."""
+        record = result_from_event(event)
+        return self._finish(context, str(record.get("id") or (event or {}).get("diffusion_id")), record)
 
     def _finish(self, context: Context, diffusion_id: str, record: dict[str, Any]) -> list[str]:
         """Push the final record and return the image URLs of a finished diffusion."""

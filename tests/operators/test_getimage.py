@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 import pytest
@@ -120,3 +121,45 @@ def test_template_fields() -> None:
         "parameters",
         "getimage_conn_id",
     )
+
+
+@pytest.fixture(scope="module")
+def deferrable_dags() -> dict[str, DAG]:
+    return dag_runs.parse(dag_runs.TEST_DAGS / "getimage_deferrable_dags.py")
+
+
+def test_deferrable_returns_urls(deferrable_dags: dict[str, DAG], getimage_conn: Emulator) -> None:
+    dag_run = dag_runs.run(deferrable_dags["getimage_operator_deferrable"], prompt="a deferred fox")
+    assert dag_runs.states(dag_run) == {("generate", -1): "success"}
+    urls = dag_runs.xcom(dag_run, "generate")
+    assert len(urls) == 4
+    assert dag_runs.xcom(dag_run, "generate", "diffusion")["status"] == "FINISHED"
+    assert getimage_conn.stats()["submissions"] == 1
+
+
+def test_deferrable_failure_and_timeout_fail_the_task(
+    deferrable_dags: dict[str, DAG], getimage_conn: Emulator
+) -> None:
+    getimage_conn.configure(failing_prompts=("forbidden",))
+    dag_run = dag_runs.run(deferrable_dags["getimage_operator_deferrable"], prompt="a forbidden fox")
+    assert dag_runs.states(dag_run) == {("generate", -1): "failed"}
+    getimage_conn.configure(latency=600)
+    started = time.monotonic()
+    dag_run = dag_runs.run(deferrable_dags["getimage_operator_deferrable_timeout"])
+    assert dag_runs.states(dag_run) == {("generate", -1): "failed"}
+    assert time.monotonic() - started < 20, "the trigger kept the 1 s deadline itself"
+    assert getimage_conn.stats()["submissions"] == 2
+
+
+def test_deferrable_finished_at_first_check_does_not_defer(
+    deferrable_dags: dict[str, DAG], getimage_conn: Emulator
+) -> None:
+    getimage_conn.configure(latency=0)
+    dag_run = dag_runs.run(deferrable_dags["getimage_operator_deferrable"])
+    assert dag_runs.states(dag_run) == {("generate", -1): "success"}
+    assert getimage_conn.stats()["polls"] == 1, "one check after submitting, no trigger"
+
+
+def test_deferrable_default_follows_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert GetImageDiffusionOperator(task_id="a", prompt="x").deferrable is False
+    assert GetImageDiffusionOperator(task_id="b", prompt="x", deferrable=True).deferrable is True

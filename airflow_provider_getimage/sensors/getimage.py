@@ -1,0 +1,114 @@
+"""Sensor that waits for a submitted GetImage.io diffusion and returns its image URLs."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.common.compat.sdk import (
+    AirflowSensorTimeout,
+    AirflowSkipException,
+    BaseSensorOperator,
+    PokeReturnValue,
+    conf,
+)
+
+from airflow_provider_getimage import _rules
+from airflow_provider_getimage.exceptions import GetImageTimeoutError
+from airflow_provider_getimage.hooks.getimage import DEFAULT_CONN_ID, GetImageHook, diffusion_failed, log_status
+from airflow_provider_getimage.triggers.getimage import GetImageDiffusionTrigger, result_from_event
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from airflow.providers.common.compat.sdk import Context
+
+__all__ = ["GetImageDiffusionSensor"]
+
+
+class GetImageDiffusionSensor(BaseSensorOperator):
+    """
+    Wait until a diffusion is FINISHED; return its image URLs (XCom ``return_value``).
+
+    Pairs with ``GetImageDiffusionOperator(wait_for_completion=False)``. A diffusion that ends in
+    a failure status fails the task at once instead of poking until the sensor's timeout. The full
+    record goes to XCom ``diffusion``. Works in ``poke``, ``reschedule`` and deferrable mode (the
+    wait then happens in the triggerer, deadline included).
+
+    :param diffusion_id: the diffusion to wait for (templated), e.g.
+        ``"{{ ti.xcom_pull(task_ids='submit', key='diffusion_id') }}"``.
+    :param getimage_conn_id: the GetImage.io connection (templated).
+    :param deferrable: wait in the triggerer; defaults to ``[operators] default_deferrable``.
+    """
+
+    template_fields: Sequence[str] = ("diffusion_id", "getimage_conn_id")
+    ui_color = "#e8dcfa"
+
+    def __init__(
+        self,
+        *,
+        diffusion_id: str,
+        getimage_conn_id: str = DEFAULT_CONN_ID,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("poke_interval", _rules.DEFAULT_POLL_INTERVAL)
+        super().__init__(**kwargs)
+        self.diffusion_id = diffusion_id
+        self.getimage_conn_id = getimage_conn_id
+        self.deferrable = deferrable
+        self._watch = _rules.StatusWatch()
+        self._started = time.monotonic()
+
+    @cached_property
+    def hook(self) -> GetImageHook:
+        return GetImageHook(getimage_conn_id=self.getimage_conn_id)
+
+    def _poke_interval_seconds(self) -> float:
+        interval = self.poke_interval
+        return interval.total_seconds() if isinstance(interval, timedelta) else float(interval)
+
+    def poke(self, context: Context) -> PokeReturnValue:
+        diffusion_id = _rules.check_diffusion_id(self.diffusion_id)
+        record = self.hook.get_diffusion(diffusion_id)
+        outcome = log_status(self.log, diffusion_id, record, self._watch, time.monotonic() - self._started)
+        if outcome == "failed":
+            raise diffusion_failed(diffusion_id, record)
+        if outcome == "running":
+            return PokeReturnValue(is_done=False)
+        return PokeReturnValue(is_done=True, xcom_value=self._finish(context, record))
+
+    def execute(self, context: Context) -> Any:
+        if not self.deferrable:
+            return super().execute(context)
+        done = self.poke(context)
+        if done.is_done:
+            return done.xcom_value
+        timeout = self.timeout.total_seconds() if isinstance(self.timeout, timedelta) else float(self.timeout)
+        self.defer(
+            trigger=GetImageDiffusionTrigger(
+                diffusion_id=_rules.check_diffusion_id(self.diffusion_id),
+                getimage_conn_id=self.getimage_conn_id,
+                poll_interval=self._poke_interval_seconds(),
+                end_time=time.time() + timeout,
+            ),
+            method_name="execute_complete",
+        )
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[str]:
+        """Resume after the trigger: the image URLs, or a failure (a skip with ``soft_fail``)."""
+        try:
+            record = result_from_event(event)
+        except GetImageTimeoutError as err:
+            if self.soft_fail:
+                raise AirflowSkipException(str(err)) from err
+            raise AirflowSensorTimeout(str(err)) from err
+        return self._finish(context, record)
+
+    def _finish(self, context: Context, record: dict[str, Any]) -> list[str]:
+        context["ti"].xcom_push(key="diffusion", value=record)
+        urls = self.hook.image_urls(record)
+        self.log.info("Diffusion %s finished with %d image(s)", record.get("id", self.diffusion_id), len(urls))
+        return urls

@@ -1,0 +1,149 @@
+"""
+Trigger that waits for a GetImage.io diffusion in the triggerer, without a worker slot.
+
+Its kwargs are ids and numbers only (never the key or a header: trigger rows are plain JSON in the
+metadata database). It polls through ``GetImageAsyncHook`` (no blocking call on the event loop),
+keeps the one deadline (``end_time``) itself, and yields exactly one event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_provider_getimage import _rules
+from airflow_provider_getimage.exceptions import GetImageError, GetImageTimeoutError
+from airflow_provider_getimage.hooks.getimage import (
+    DEFAULT_CONN_ID,
+    GetImageAsyncHook,
+    diffusion_failed,
+    log_status,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Mapping
+
+__all__ = ["DiffusionEvent", "GetImageDiffusionTrigger", "result_from_event"]
+
+EventStatus = Literal["success", "failed", "timeout", "error"]
+
+
+class DiffusionEvent(TypedDict):
+    """The payload of the trigger's one event."""
+
+    status: EventStatus
+    diffusion_id: str
+    message: str
+    diffusion: NotRequired[dict[str, Any]]
+
+
+class GetImageDiffusionTrigger(BaseTrigger):
+    """
+    Poll a diffusion until it is FINISHED, failed, or ``end_time`` passes.
+
+    Transient errors (network, timeouts, 5xx, 429) are retried by the hook with backoff and, once
+    its attempts are spent, by the next poll: they never end the trigger. A refused key or an
+    unknown id end it with an ``error`` event.
+
+    :param diffusion_id: the diffusion to wait for.
+    :param getimage_conn_id: the GetImage.io connection, fetched asynchronously in the triggerer.
+    :param poll_interval: seconds between polls.
+    :param end_time: epoch seconds after which the trigger yields ``timeout``; None waits forever.
+    """
+
+    def __init__(
+        self,
+        diffusion_id: str,
+        getimage_conn_id: str = DEFAULT_CONN_ID,
+        poll_interval: float = _rules.DEFAULT_POLL_INTERVAL,
+        end_time: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.diffusion_id = _rules.check_diffusion_id(diffusion_id)
+        self.getimage_conn_id = getimage_conn_id
+        self.poll_interval = _rules.check_positive("poll_interval", poll_interval)
+        self.end_time = end_time
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "diffusion_id": self.diffusion_id,
+                "getimage_conn_id": self.getimage_conn_id,
+                "poll_interval": self.poll_interval,
+                "end_time": self.end_time,
+            },
+        )
+
+    def _event(self, status: EventStatus, message: str, record: dict[str, Any] | None = None) -> TriggerEvent:
+        payload: DiffusionEvent = {"status": status, "diffusion_id": self.diffusion_id, "message": message}
+        if record is not None:
+            payload["diffusion"] = record
+        return TriggerEvent(payload)
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        event = await self._wait()
+        yield event
+
+    async def _wait(self) -> TriggerEvent:
+        """Poll until an outcome; return the one event (so ``run`` can only yield once)."""
+        started = time.monotonic()
+        watch = _rules.StatusWatch()
+        async with GetImageAsyncHook(getimage_conn_id=self.getimage_conn_id) as hook:
+            while True:
+                event = await self._poll(hook, watch, time.monotonic() - started)
+                if event is not None:
+                    return event
+                remaining = None if self.end_time is None else self.end_time - time.time()
+                if remaining is not None and remaining <= 0:
+                    return self._event(
+                        "timeout",
+                        f"Diffusion {self.diffusion_id} was not finished by the deadline "
+                        f"(last status {watch.last or 'unknown'}); it may still finish.",
+                    )
+                await asyncio.sleep(
+                    self.poll_interval if remaining is None else min(self.poll_interval, remaining)
+                )
+
+    async def _poll(
+        self, hook: GetImageAsyncHook, watch: _rules.StatusWatch, elapsed: float
+    ) -> TriggerEvent | None:
+        """One poll: the final event, or None while the diffusion runs (or a transient error passes)."""
+        try:
+            record = await hook.get_diffusion(self.diffusion_id)
+        except GetImageError as err:
+            if not err.transient:
+                return self._event("error", str(err))
+            self.log.warning("Diffusion %s: poll failed, will poll again: %s", self.diffusion_id, err)
+            return None
+        outcome = log_status(self.log, self.diffusion_id, record, watch, elapsed)
+        if outcome == "success":
+            return self._event("success", f"Diffusion {self.diffusion_id} finished.", record)
+        if outcome == "failed":
+            return self._event("failed", _rules.failure_message(record), record)
+        return None
+
+
+def result_from_event(event: Mapping[str, Any] | None) -> dict[str, Any]:
+    """
+    The final record from the trigger's event, or the error it stands for.
+
+    Shared by the operator's and the sensor's ``execute_complete``, so both fail the same way and
+    always name the diffusion.
+    """
+    if not event or "status" not in event:
+        raise GetImageError(f"The GetImage.io trigger sent no usable event: {event!r}")
+    diffusion_id = str(event.get("diffusion_id") or "<unknown>")
+    message = str(event.get("message") or "")
+    status = event["status"]
+    if status == "success" and isinstance(event.get("diffusion"), dict):
+        return dict(event["diffusion"])
+    if status == "failed":
+        record = event.get("diffusion") or {"status": "FAILED", "message": message}
+        raise diffusion_failed(diffusion_id, record)
+    if status == "timeout":
+        raise GetImageTimeoutError(message, diffusion_id=diffusion_id)
+    raise GetImageError(f"Waiting for diffusion {diffusion_id} failed: {message}", diffusion_id=diffusion_id)

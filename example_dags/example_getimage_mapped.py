@@ -1,0 +1,43 @@
+"""
+Fan out: one deferrable generation per prompt (dynamic task mapping), then gather every URL.
+
+Each mapped task submits once and waits in the triggerer, so a hundred prompts hold no worker slot
+while they render.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.providers.common.compat.sdk import DAG, task
+
+from airflow_provider_getimage.operators.getimage import GetImageDiffusionOperator
+
+PROMPTS = [
+    "a red fox in fresh snow, photograph",
+    "a blue whale seen from below, sunlight through water",
+    "a green owl on a mossy branch, watercolor",
+]
+
+with DAG(
+    dag_id="example_getimage_mapped",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    tags=["example", "getimage"],
+) as dag:
+    # [START howto_operator_getimage_mapped]
+    generated = GetImageDiffusionOperator.partial(
+        task_id="generate",
+        deferrable=True,
+        poll_interval=2,
+        timeout=30 * 60,
+    ).expand(prompt=PROMPTS)
+    # [END howto_operator_getimage_mapped]
+
+    @task
+    def gather(urls_per_prompt: list[list[str]]) -> list[str]:
+        """Every image URL of the fan-out, in prompt order."""
+        return [url for urls in urls_per_prompt for url in urls]
+
+    gather(generated.output)

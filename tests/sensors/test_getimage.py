@@ -1,0 +1,50 @@
+"""The sensor in poke, reschedule and deferrable modes through ``dag.test()`` against the emulator."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+
+from airflow_provider_getimage.sensors.getimage import GetImageDiffusionSensor
+from tests import dag_runs
+
+if TYPE_CHECKING:
+    from airflow.sdk import DAG
+
+    from airflow_provider_getimage.emulator import Emulator
+
+pytestmark = pytest.mark.usefixtures("airflow_db")
+SENSORS = ("wait_poke", "wait_reschedule", "wait_deferred")
+
+
+@pytest.fixture(scope="module")
+def dags() -> dict[str, DAG]:
+    return dag_runs.parse(dag_runs.TEST_DAGS / "getimage_deferrable_dags.py")
+
+
+def test_every_mode_returns_the_urls(dags: dict[str, DAG], getimage_conn: Emulator) -> None:
+    dag_run = dag_runs.run(dags["getimage_sensor_modes"])
+    assert set(dag_runs.states(dag_run).values()) == {"success"}
+    diffusion_id = dag_runs.xcom(dag_run, "submit", "diffusion_id")
+    for sensor in SENSORS:
+        urls = dag_runs.xcom(dag_run, sensor)
+        assert len(urls) == 4, sensor
+        assert dag_runs.xcom(dag_run, sensor, "diffusion")["id"] == diffusion_id
+    assert getimage_conn.stats()["submissions"] == 1
+
+
+def test_failed_diffusion_fails_every_mode_at_once(dags: dict[str, DAG], getimage_conn: Emulator) -> None:
+    getimage_conn.configure(failing_prompts=("forbidden",))
+    started = time.monotonic()
+    dag_run = dag_runs.run(dags["getimage_sensor_modes"], prompt="a forbidden whale")
+    assert time.monotonic() - started < 30, "the sensors failed at once, not at their 60 s timeout"
+    states = dag_runs.states(dag_run)
+    assert states[("submit", -1)] == "success"
+    assert {states[(sensor, -1)] for sensor in SENSORS} == {"failed"}
+
+
+def test_diffusion_id_is_templated() -> None:
+    assert "diffusion_id" in GetImageDiffusionSensor.template_fields
+    assert "getimage_conn_id" in GetImageDiffusionSensor.template_fields
