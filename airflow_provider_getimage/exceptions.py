@@ -42,7 +42,8 @@ class GetImageError(AirflowException):
     ) -> None:
         super().__init__(message)
         self.message = message
-        self.status_code = status_code
+        # Shadows AirflowException's class-level HTTPStatus (used by the API server for its own errors).
+        self.status_code = status_code  # type: ignore[assignment]
         self.diffusion_id = diffusion_id
         self.retry_after = retry_after
         self.transient = transient

@@ -1,3 +1,5 @@
+# mypy: disable-error-code="arg-type"
+# (DAG files pass XComArgs such as task.output where a task's value is typed: that is how DAGs are wired.)
 """
 Generate an image with GetImage.io, then download it to a local folder.
 
@@ -69,6 +71,7 @@ def download_images(urls: list[str], folder: Path, stem: str) -> list[Path]:
                             out.write(chunk)
                         out.flush()
                         os.fsync(out.fileno())
+                    os.chmod(partial, 0o644)  # mkstemp makes 0600; an image is no secret
                     os.replace(partial, target)
                 except BaseException:
                     Path(partial).unlink(missing_ok=True)

@@ -20,7 +20,7 @@ def parse(path: Path) -> dict[str, DAG]:
 
     bag = DagBag(dag_folder=str(path), safe_mode=False)
     assert not bag.import_errors, bag.import_errors
-    return dict(bag.dags)  # type: ignore[arg-type]
+    return dict(bag.dags)
 
 
 def run(dag: DAG, **conf: Any) -> DagRun:
@@ -33,10 +33,7 @@ def states(dag_run: DagRun) -> dict[tuple[str, int], str | None]:
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        return {
-            (ti.task_id, ti.map_index): ti.state
-            for ti in dag_run.get_task_instances(session=session)  # type: ignore[union-attr]
-        }
+        return {(ti.task_id, ti.map_index): ti.state for ti in dag_run.get_task_instances(session=session)}
 
 
 def xcom(dag_run: DagRun, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:

@@ -52,10 +52,14 @@ def test_every_registered_module_and_class_imports() -> None:
 
 def test_providers_manager_discovers_the_connection_form() -> None:
     from airflow.providers_manager import ProvidersManager
+    from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
 
     manager = ProvidersManager()
     assert "airflow-provider-getimage" in manager.providers
-    assert "getimage" in manager.hooks
+    hook = ProvidersManagerTaskRuntime().hooks["getimage"]
+    assert hook is not None
+    assert hook.hook_class_name == "airflow_provider_getimage.hooks.getimage.GetImageHook"
+    assert hook.connection_id_attribute_name == "getimage_conn_id"
     behaviour = manager.field_behaviours["getimage"]
     assert set(behaviour["hidden_fields"]) == {"login", "schema", "port"}
     assert behaviour["relabeling"]["password"] == "API Key"

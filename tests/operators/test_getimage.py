@@ -107,7 +107,9 @@ def test_bad_arguments_fail_at_parse_time(kwargs: dict, error: type[Exception], 
 
 def test_templated_arguments_are_checked_after_rendering() -> None:
     operator = GetImageDiffusionOperator(
-        task_id="later", prompt="{{ params.prompt }}", parameters="{{ params.p }}"
+        task_id="later",
+        prompt="{{ params.prompt }}",
+        parameters="{{ params.p }}",  # type: ignore[arg-type]
     )
     operator.prompt = "  "  # what a blank param renders to
     with pytest.raises(ValueError, match="prompt must not be empty"):
