@@ -15,6 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import aiohttp
 import requests
@@ -120,7 +121,8 @@ def _error_for(
     elif kind == "tls":
         message += ". Set the connection extra 'verify' to the CA bundle of this server."
     message = message.replace(settings.api_key, "***")
-    diffusion_id = path.rsplit("/", 1)[-1] if path.startswith(_rules.DIFFUSIONS_PATH + "/") else None
+    is_diffusion = path.startswith(_rules.DIFFUSIONS_PATH + "/")
+    diffusion_id = unquote(path.rsplit("/", 1)[-1]) if is_diffusion else None
     return _ERROR_CLASSES[kind](
         message,
         status_code=attempt.status_code,

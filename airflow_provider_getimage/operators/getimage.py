@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from airflow.providers.common.compat.sdk import Context
 
-__all__ = ["GetImageDiffusionOperator"]
+__all__ = ["GetImageDiffusionOperator", "push_finished"]
 
 
 def _is_template(value: object) -> bool:
@@ -125,7 +125,7 @@ class GetImageDiffusionOperator(BaseOperator):
                 final = self.hook.wait_for_diffusion(diffusion_id, self.poll_interval, self.timeout)
         finally:
             self.hook.close()
-        return self._finish(context, diffusion_id, final)
+        return push_finished(context, self.log, diffusion_id, final)
 
     def _check_then_defer(self, diffusion_id: str, end_time: float) -> dict[str, Any]:
         """Check once (a quick generation needs no triggerer): the finished record, or defer."""
@@ -155,23 +155,31 @@ class GetImageDiffusionOperator(BaseOperator):
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[str]:
         """Resume after the trigger: the image URLs, or a task failure that names the diffusion."""
         record = result_from_event(event)
-        return self._finish(context, str(record.get("id") or (event or {}).get("diffusion_id")), record)
-
-    def _finish(self, context: Context, diffusion_id: str, record: dict[str, Any]) -> list[str]:
-        """Push the final record and return the image URLs of a finished diffusion."""
-        context["ti"].xcom_push(key="diffusion", value=record)
-        urls = self.hook.image_urls(record)
-        if not urls:
-            raise GetImageError(
-                f"Diffusion {diffusion_id} is FINISHED but lists no image URL; "
-                "its full record is in XCom 'diffusion'.",
-                diffusion_id=diffusion_id,
-            )
-        self.log.info("Diffusion %s finished with %d image(s)", diffusion_id, len(urls))
-        return urls
+        return push_finished(
+            context, self.log, str(record.get("id") or (event or {}).get("diffusion_id")), record
+        )
 
     def on_kill(self) -> None:
         """GetImage.io has no cancel call: say which diffusion keeps running, close the session."""
         self.log.warning("Task killed; the submitted diffusion (see XCom 'diffusion_id') is not cancelled.")
         if "hook" in self.__dict__:
             self.hook.close()
+
+
+def push_finished(context: Context, log: Any, diffusion_id: str, record: dict[str, Any]) -> list[str]:
+    """
+    Push a finished diffusion's record (XCom ``diffusion``) and return its image URLs.
+
+    Shared by the operator and the sensor. A FINISHED record with no image URL fails the task:
+    downstream steps would otherwise run on nothing.
+    """
+    context["ti"].xcom_push(key="diffusion", value=record)
+    urls = _rules.image_urls(record)
+    if not urls:
+        raise GetImageError(
+            f"Diffusion {diffusion_id} is FINISHED but lists no image URL; "
+            "its full record is in XCom 'diffusion'.",
+            diffusion_id=diffusion_id,
+        )
+    log.info("Diffusion %s finished with %d image(s)", diffusion_id, len(urls))
+    return urls

@@ -16,8 +16,14 @@ from airflow.providers.common.compat.sdk import (
 )
 
 from airflow_provider_getimage import _rules
-from airflow_provider_getimage.exceptions import GetImageTimeoutError
-from airflow_provider_getimage.hooks.getimage import DEFAULT_CONN_ID, GetImageHook, diffusion_failed, log_status
+from airflow_provider_getimage.exceptions import GetImageError, GetImageTimeoutError
+from airflow_provider_getimage.hooks.getimage import (
+    DEFAULT_CONN_ID,
+    GetImageHook,
+    diffusion_failed,
+    log_status,
+)
+from airflow_provider_getimage.operators.getimage import push_finished
 from airflow_provider_getimage.triggers.getimage import GetImageDiffusionTrigger, result_from_event
 
 if TYPE_CHECKING:
@@ -70,26 +76,42 @@ class GetImageDiffusionSensor(BaseSensorOperator):
         interval = self.poke_interval
         return interval.total_seconds() if isinstance(interval, timedelta) else float(interval)
 
+    def _diffusion_id(self) -> str:
+        """The rendered id, checked: an empty one (say, a missing XCom) must not reach the API."""
+        return _rules.check_diffusion_id(self.diffusion_id)
+
     def poke(self, context: Context) -> PokeReturnValue:
-        diffusion_id = _rules.check_diffusion_id(self.diffusion_id)
-        record = self.hook.get_diffusion(diffusion_id)
+        diffusion_id = self._diffusion_id()
+        try:
+            record = self.hook.get_diffusion(diffusion_id)
+        except GetImageError as err:
+            if not err.transient:
+                raise
+            # The hook already retried; a passing outage must not fail a wait of minutes.
+            self.log.warning("Diffusion %s: check failed, will check again: %s", diffusion_id, err)
+            return PokeReturnValue(is_done=False)
         outcome = log_status(self.log, diffusion_id, record, self._watch, time.monotonic() - self._started)
         if outcome == "failed":
             raise diffusion_failed(diffusion_id, record)
         if outcome == "running":
             return PokeReturnValue(is_done=False)
-        return PokeReturnValue(is_done=True, xcom_value=self._finish(context, record))
+        return PokeReturnValue(
+            is_done=True, xcom_value=push_finished(context, self.log, diffusion_id, record)
+        )
 
     def execute(self, context: Context) -> Any:
-        if not self.deferrable:
-            return super().execute(context)
-        done = self.poke(context)
-        if done.is_done:
-            return done.xcom_value
+        try:
+            if not self.deferrable:
+                return super().execute(context)
+            done = self.poke(context)  # a finished diffusion needs no triggerer
+            if done.is_done:
+                return done.xcom_value
+        finally:
+            self.hook.close()
         timeout = self.timeout.total_seconds() if isinstance(self.timeout, timedelta) else float(self.timeout)
         self.defer(
             trigger=GetImageDiffusionTrigger(
-                diffusion_id=_rules.check_diffusion_id(self.diffusion_id),
+                diffusion_id=self._diffusion_id(),
                 getimage_conn_id=self.getimage_conn_id,
                 poll_interval=self._poke_interval_seconds(),
                 end_time=time.time() + timeout,
@@ -105,10 +127,4 @@ class GetImageDiffusionSensor(BaseSensorOperator):
             if self.soft_fail:
                 raise AirflowSkipException(str(err)) from err
             raise AirflowSensorTimeout(str(err)) from err
-        return self._finish(context, record)
-
-    def _finish(self, context: Context, record: dict[str, Any]) -> list[str]:
-        context["ti"].xcom_push(key="diffusion", value=record)
-        urls = self.hook.image_urls(record)
-        self.log.info("Diffusion %s finished with %d image(s)", record.get("id", self.diffusion_id), len(urls))
-        return urls
+        return push_finished(context, self.log, self._diffusion_id(), record)

@@ -48,3 +48,31 @@ def test_failed_diffusion_fails_every_mode_at_once(dags: dict[str, DAG], getimag
 def test_diffusion_id_is_templated() -> None:
     assert "diffusion_id" in GetImageDiffusionSensor.template_fields
     assert "getimage_conn_id" in GetImageDiffusionSensor.template_fields
+
+
+class RecordingTI:
+    """Stands in for the task instance's XCom push when a sensor method is called directly."""
+
+    def __init__(self) -> None:
+        self.pushed: dict[str, object] = {}
+
+    def xcom_push(self, key: str, value: object) -> None:
+        self.pushed[key] = value
+
+
+def test_poke_keeps_waiting_through_an_outage(getimage_conn: Emulator) -> None:
+    from airflow_provider_getimage._rules import RetryPolicy
+    from airflow_provider_getimage.emulator import Fault
+    from airflow_provider_getimage.hooks.getimage import GetImageHook
+
+    diffusion_id = GetImageHook().submit_diffusion("an outage")["id"]
+    sensor = GetImageDiffusionSensor(task_id="wait", diffusion_id=diffusion_id)
+    sensor.hook.retry_policy = RetryPolicy(max_attempts=2, backoff_base=0.01, backoff_max=0.02)
+    getimage_conn.inject(Fault(kind="status", status=503, method="GET", times=2))
+    ti = RecordingTI()
+    context = {"ti": ti}
+    assert sensor.poke(context).is_done is False, "a 503 outage is waited out, not a failure"  # type: ignore[arg-type]
+    time.sleep(0.6)
+    done = sensor.poke(context)  # type: ignore[arg-type]
+    assert done.is_done
+    assert done.xcom_value == ti.pushed["diffusion"]["images"]  # type: ignore[index]
