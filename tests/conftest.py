@@ -1,10 +1,12 @@
 """
-Test set-up: a throw-away Airflow home (sqlite) and the emulator fixtures.
+Test set-up: a throw-away Airflow home (sqlite) for the whole session.
 
 Airflow reads its configuration when first imported, so the environment is set here, at import
 time, before any test module imports Airflow. DAGs run by ``dag.test()`` must come from a DAG
 bundle (Airflow 3 serializes them to the database first), so the repository's ``example_dags/``
-and ``tests/dags/`` are declared as two local bundles.
+and ``tests/dags/`` are declared as two local bundles. The emulator fixtures
+(``getimage_emulator``, ``getimage_airflow_conn``, ``getimage_emulator_factory``) come from the
+provider's own pytest plugin, as they do for users.
 """
 
 from __future__ import annotations
@@ -20,8 +22,6 @@ import pytest
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-
-    from airflow_provider_getimage.emulator import Emulator
 
 REPO = Path(__file__).resolve().parents[1]
 AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="getimage-test-airflow-"))
@@ -61,10 +61,3 @@ def airflow_db() -> Iterator[Path]:
     db.resetdb(skip_init=False)
     yield AIRFLOW_HOME
     shutil.rmtree(AIRFLOW_HOME, ignore_errors=True)
-
-
-@pytest.fixture
-def getimage_conn(getimage_emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> Emulator:
-    """The default connection (``getimage_default``) pointed at a fresh emulator, via env var."""
-    monkeypatch.setenv("AIRFLOW_CONN_GETIMAGE_DEFAULT", getimage_emulator.airflow_connection())
-    return getimage_emulator

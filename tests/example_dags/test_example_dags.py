@@ -28,7 +28,7 @@ def test_example_dag_file_parses(path: Path) -> None:
 
 
 def test_example_getimage_saves_real_pngs(
-    getimage_conn: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    getimage_airflow_conn: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("GETIMAGE_OUTPUT_DIR", str(tmp_path))
     dag = dag_runs.parse(dag_runs.EXAMPLE_DAGS / "example_getimage.py")["example_getimage"]
@@ -45,5 +45,5 @@ def test_example_getimage_saves_real_pngs(
             image.verify()
     leftovers = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".png"]
     assert leftovers == [], "atomic writes leave no partial file behind"
-    assert getimage_conn.stats()["submissions"] == 1
-    assert getimage_conn.stats()["image_downloads"] == 4
+    assert getimage_airflow_conn.stats()["submissions"] == 1
+    assert getimage_airflow_conn.stats()["image_downloads"] == 4

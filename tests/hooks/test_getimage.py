@@ -38,12 +38,12 @@ def use_connection(monkeypatch: pytest.MonkeyPatch, emulator: Emulator, **overri
 
 
 @pytest.fixture
-def hook(getimage_conn: Emulator) -> GetImageHook:
+def hook(getimage_airflow_conn: Emulator) -> GetImageHook:
     return GetImageHook(retry_policy=FAST)
 
 
 # ------------------------------------------------------------------------------------ happy path
-def test_submit_get_wait(hook: GetImageHook, getimage_conn: Emulator) -> None:
+def test_submit_get_wait(hook: GetImageHook, getimage_airflow_conn: Emulator) -> None:
     record = hook.submit_diffusion("a red fox in snow")
     assert record["status"] == "NEW"
     assert hook.get_diffusion(record["id"])["status"] in ("NEW", "PROCESSING")
@@ -51,25 +51,25 @@ def test_submit_get_wait(hook: GetImageHook, getimage_conn: Emulator) -> None:
     assert final["status"] == "FINISHED"
     urls = hook.image_urls(final)
     assert len(urls) == 4
-    assert all(url.startswith(getimage_conn.url) and url.endswith(".png") for url in urls)
-    stats = getimage_conn.stats()
+    assert all(url.startswith(getimage_airflow_conn.url) and url.endswith(".png") for url in urls)
+    stats = getimage_airflow_conn.stats()
     assert stats["submissions"] == 1
     assert stats["connections"] == 1, "one keep-alive session serves every call of a hook"
 
 
-def test_submit_sends_model_and_parameters_untouched(hook: GetImageHook, getimage_conn: Emulator) -> None:
+def test_submit_sends_model_and_parameters_untouched(hook: GetImageHook, getimage_airflow_conn: Emulator) -> None:
     params = {"size": "1024x1024", "negative_prompt": "blurry", "seed": 42, "style": {"chaos": 10}}
     hook.submit_diffusion("a lighthouse", model="sdxl", **params)
-    (diffusion,) = getimage_conn.diffusions()
+    (diffusion,) = getimage_airflow_conn.diffusions()
     assert diffusion["body"] == {"prompt": "a lighthouse", "model": "sdxl", **params}
 
 
 def test_default_model_comes_from_connection(
-    getimage_conn: Emulator, monkeypatch: pytest.MonkeyPatch
+    getimage_airflow_conn: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    use_connection(monkeypatch, getimage_conn, extra={"default_model": "flux"})
+    use_connection(monkeypatch, getimage_airflow_conn, extra={"default_model": "flux"})
     GetImageHook(retry_policy=FAST).submit_diffusion("a cat")
-    assert getimage_conn.diffusions()[0]["body"]["model"] == "flux"
+    assert getimage_airflow_conn.diffusions()[0]["body"]["model"] == "flux"
 
 
 def test_images_as_objects_are_normalised(
@@ -98,9 +98,9 @@ def test_status_changes_logged_once_with_elapsed(
 
 
 def test_unknown_status_is_running_and_warned_once(
-    hook: GetImageHook, getimage_conn: Emulator, capfd: pytest.CaptureFixture[str]
+    hook: GetImageHook, getimage_airflow_conn: Emulator, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    getimage_conn.inject(Fault(kind="diffusion_status", value="QUEUED", method="GET", times=3))
+    getimage_airflow_conn.inject(Fault(kind="diffusion_status", value="QUEUED", method="GET", times=3))
     diffusion_id = hook.submit_diffusion("queued")["id"]
     assert hook.wait_for_diffusion(diffusion_id, poll_interval=0.05, timeout=10)["status"] == "FINISHED"
     warnings = [line for line in capfd.readouterr().out.splitlines() if "does not know" in line]
@@ -109,8 +109,8 @@ def test_unknown_status_is_running_and_warned_once(
 
 
 # ---------------------------------------------------------------------------------- failures
-def test_failed_diffusion_raises_with_id_and_message(hook: GetImageHook, getimage_conn: Emulator) -> None:
-    getimage_conn.configure(failing_prompts=("forbidden",))
+def test_failed_diffusion_raises_with_id_and_message(hook: GetImageHook, getimage_airflow_conn: Emulator) -> None:
+    getimage_airflow_conn.configure(failing_prompts=("forbidden",))
     diffusion_id = hook.submit_diffusion("something forbidden")["id"]
     with pytest.raises(GetImageDiffusionFailed) as info:
         hook.wait_for_diffusion(diffusion_id, poll_interval=0.05, timeout=10)
@@ -120,8 +120,8 @@ def test_failed_diffusion_raises_with_id_and_message(hook: GetImageHook, getimag
     assert "content filter" in str(info.value)
 
 
-def test_never_finishing_diffusion_times_out(hook: GetImageHook, getimage_conn: Emulator) -> None:
-    getimage_conn.configure(latency=600)
+def test_never_finishing_diffusion_times_out(hook: GetImageHook, getimage_airflow_conn: Emulator) -> None:
+    getimage_airflow_conn.configure(latency=600)
     diffusion_id = hook.submit_diffusion("slow")["id"]
     started = time.monotonic()
     with pytest.raises(GetImageTimeoutError) as info:
@@ -132,79 +132,79 @@ def test_never_finishing_diffusion_times_out(hook: GetImageHook, getimage_conn: 
 
 
 def test_bad_key_is_auth_error_after_one_request(
-    getimage_conn: Emulator, monkeypatch: pytest.MonkeyPatch
+    getimage_airflow_conn: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    use_connection(monkeypatch, getimage_conn, password="wrong-key-0123456789")
+    use_connection(monkeypatch, getimage_airflow_conn, password="wrong-key-0123456789")
     with pytest.raises(GetImageAuthError) as info:
         GetImageHook(retry_policy=FAST).submit_diffusion("a cat")
     assert info.value.status_code == 401
     assert "wrong-key-0123456789" not in str(info.value)
-    stats = getimage_conn.stats()
+    stats = getimage_airflow_conn.stats()
     assert (stats["requests"], stats["submissions"]) == (1, 0)
 
 
-def test_unknown_id_is_not_found_without_retry(hook: GetImageHook, getimage_conn: Emulator) -> None:
+def test_unknown_id_is_not_found_without_retry(hook: GetImageHook, getimage_airflow_conn: Emulator) -> None:
     with pytest.raises(GetImageNotFoundError) as info:
         hook.get_diffusion("no-such-diffusion")
     assert info.value.status_code == 404
     assert info.value.diffusion_id == "no-such-diffusion"
-    assert getimage_conn.stats()["requests"] == 1
+    assert getimage_airflow_conn.stats()["requests"] == 1
 
 
-def test_bad_request_is_not_retried(hook: GetImageHook, getimage_conn: Emulator) -> None:
-    getimage_conn.inject(Fault(kind="status", status=400, method="POST"))
+def test_bad_request_is_not_retried(hook: GetImageHook, getimage_airflow_conn: Emulator) -> None:
+    getimage_airflow_conn.inject(Fault(kind="status", status=400, method="POST"))
     with pytest.raises(GetImageError, match="HTTP 400") as info:
         hook.submit_diffusion("a cat")
     assert not isinstance(info.value, GetImageSubmitUncertainError)
-    assert getimage_conn.stats()["requests"] == 1
+    assert getimage_airflow_conn.stats()["requests"] == 1
 
 
 # ------------------------------------------------------------------------------------ retries
-def test_429_with_retry_after_is_retried(hook: GetImageHook, getimage_conn: Emulator) -> None:
+def test_429_with_retry_after_is_retried(hook: GetImageHook, getimage_airflow_conn: Emulator) -> None:
     diffusion_id = hook.submit_diffusion("rate")["id"]
-    getimage_conn.inject(Fault(kind="status", status=429, retry_after="1", method="GET", times=2))
+    getimage_airflow_conn.inject(Fault(kind="status", status=429, retry_after="1", method="GET", times=2))
     started = time.monotonic()
     assert hook.get_diffusion(diffusion_id)["id"] == diffusion_id
     assert time.monotonic() - started >= 1.9, "Retry-After: 1 was honoured twice"
-    assert getimage_conn.stats()["polls"] == 3
+    assert getimage_airflow_conn.stats()["polls"] == 3
 
 
-def test_429_on_submit_is_retried_once_submitted(hook: GetImageHook, getimage_conn: Emulator) -> None:
-    getimage_conn.inject(Fault(kind="status", status=429, retry_after="0", method="POST", times=2))
+def test_429_on_submit_is_retried_once_submitted(hook: GetImageHook, getimage_airflow_conn: Emulator) -> None:
+    getimage_airflow_conn.inject(Fault(kind="status", status=429, retry_after="0", method="POST", times=2))
     hook.submit_diffusion("rate on submit")
-    stats = getimage_conn.stats()
+    stats = getimage_airflow_conn.stats()
     assert (stats["requests"], stats["submissions"]) == (3, 1)
 
 
-def test_rate_limit_exhausted(hook: GetImageHook, getimage_conn: Emulator) -> None:
-    getimage_conn.inject(Fault(kind="status", status=429, retry_after="0", method="GET", times=10))
+def test_rate_limit_exhausted(hook: GetImageHook, getimage_airflow_conn: Emulator) -> None:
+    getimage_airflow_conn.inject(Fault(kind="status", status=429, retry_after="0", method="GET", times=10))
     with pytest.raises(GetImageRateLimitError) as info:
         hook.get_diffusion("x")
     assert info.value.retry_after == 0
-    assert getimage_conn.stats()["requests"] == FAST.max_attempts
+    assert getimage_airflow_conn.stats()["requests"] == FAST.max_attempts
 
 
-def test_5xx_retried_then_success(hook: GetImageHook, getimage_conn: Emulator) -> None:
+def test_5xx_retried_then_success(hook: GetImageHook, getimage_airflow_conn: Emulator) -> None:
     diffusion_id = hook.submit_diffusion("flaky")["id"]
-    getimage_conn.inject(
+    getimage_airflow_conn.inject(
         Fault(kind="status", status=502, method="GET"),
         Fault(kind="status", status=500, method="GET"),
         Fault(kind="status", status=503, method="GET"),
     )
     assert hook.get_diffusion(diffusion_id)["id"] == diffusion_id
-    assert getimage_conn.stats()["polls"] == 4
+    assert getimage_airflow_conn.stats()["polls"] == 4
 
 
-def test_5xx_exhausted_on_get(hook: GetImageHook, getimage_conn: Emulator) -> None:
-    getimage_conn.inject(Fault(kind="status", status=500, method="GET", times=10))
+def test_5xx_exhausted_on_get(hook: GetImageHook, getimage_airflow_conn: Emulator) -> None:
+    getimage_airflow_conn.inject(Fault(kind="status", status=500, method="GET", times=10))
     with pytest.raises(GetImageError, match="after 4 attempts: HTTP 500"):
         hook.get_diffusion("x")
 
 
-def test_503_on_submit_is_retried_once_submitted(hook: GetImageHook, getimage_conn: Emulator) -> None:
-    getimage_conn.inject(Fault(kind="status", status=503, method="POST"))
+def test_503_on_submit_is_retried_once_submitted(hook: GetImageHook, getimage_airflow_conn: Emulator) -> None:
+    getimage_airflow_conn.inject(Fault(kind="status", status=503, method="POST"))
     hook.submit_diffusion("busy")
-    assert getimage_conn.stats()["submissions"] == 1
+    assert getimage_airflow_conn.stats()["submissions"] == 1
 
 
 @pytest.mark.parametrize(
@@ -217,37 +217,37 @@ def test_503_on_submit_is_retried_once_submitted(hook: GetImageHook, getimage_co
     ids=["500-after-create", "502-after-create", "drop-after-create"],
 )
 def test_ambiguous_submit_is_not_resubmitted(
-    hook: GetImageHook, getimage_conn: Emulator, fault: Fault
+    hook: GetImageHook, getimage_airflow_conn: Emulator, fault: Fault
 ) -> None:
-    getimage_conn.inject(fault)
+    getimage_airflow_conn.inject(fault)
     with pytest.raises(GetImageSubmitUncertainError, match="may have been created"):
         hook.submit_diffusion("paid once")
-    stats = getimage_conn.stats()
+    stats = getimage_airflow_conn.stats()
     assert (stats["requests"], stats["submissions"]) == (1, 1)
 
 
-def test_dropped_connection_on_get_is_retried(hook: GetImageHook, getimage_conn: Emulator) -> None:
+def test_dropped_connection_on_get_is_retried(hook: GetImageHook, getimage_airflow_conn: Emulator) -> None:
     diffusion_id = hook.submit_diffusion("drop")["id"]
-    getimage_conn.inject(Fault(kind="drop", method="GET", times=2))
+    getimage_airflow_conn.inject(Fault(kind="drop", method="GET", times=2))
     assert hook.get_diffusion(diffusion_id)["id"] == diffusion_id
-    assert getimage_conn.stats()["dropped"] == 2
+    assert getimage_airflow_conn.stats()["dropped"] == 2
 
 
 def test_slow_response_hits_request_timeout_then_retries(
-    getimage_conn: Emulator, monkeypatch: pytest.MonkeyPatch
+    getimage_airflow_conn: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    use_connection(monkeypatch, getimage_conn, extra={"request_timeout": 0.3})
+    use_connection(monkeypatch, getimage_airflow_conn, extra={"request_timeout": 0.3})
     hook = GetImageHook(retry_policy=FAST)
     diffusion_id = hook.submit_diffusion("slow answer")["id"]
-    getimage_conn.inject(Fault(kind="delay", delay=1.5, method="GET"))
+    getimage_airflow_conn.inject(Fault(kind="delay", delay=1.5, method="GET"))
     started = time.monotonic()
     assert hook.get_diffusion(diffusion_id)["id"] == diffusion_id
     assert time.monotonic() - started < 1.4, "the read timeout cut the slow answer short"
 
 
-def test_non_json_answer_on_get_is_retried(hook: GetImageHook, getimage_conn: Emulator) -> None:
+def test_non_json_answer_on_get_is_retried(hook: GetImageHook, getimage_airflow_conn: Emulator) -> None:
     diffusion_id = hook.submit_diffusion("html")["id"]
-    getimage_conn.inject(Fault(kind="body", body="<html>maintenance</html>", method="GET"))
+    getimage_airflow_conn.inject(Fault(kind="body", body="<html>maintenance</html>", method="GET"))
     assert hook.get_diffusion(diffusion_id)["id"] == diffusion_id
 
 
@@ -263,12 +263,12 @@ def test_unreachable_server_fails_without_submitting(monkeypatch: pytest.MonkeyP
 
 # ----------------------------------------------------------------------------- connection
 def test_connection_without_key_fails_before_any_request(
-    getimage_conn: Emulator, monkeypatch: pytest.MonkeyPatch
+    getimage_airflow_conn: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    use_connection(monkeypatch, getimage_conn, password="")
+    use_connection(monkeypatch, getimage_airflow_conn, password="")
     with pytest.raises(GetImageError, match="no API key"):
         GetImageHook().submit_diffusion("a cat")
-    assert getimage_conn.stats()["requests"] == 0
+    assert getimage_airflow_conn.stats()["requests"] == 0
 
 
 def test_connection_with_bad_host(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -280,26 +280,26 @@ def test_connection_with_bad_host(monkeypatch: pytest.MonkeyPatch) -> None:
         GetImageHook().submit_diffusion("a cat")
 
 
-def test_bad_input_fails_before_any_request(hook: GetImageHook, getimage_conn: Emulator) -> None:
+def test_bad_input_fails_before_any_request(hook: GetImageHook, getimage_airflow_conn: Emulator) -> None:
     with pytest.raises(ValueError, match="prompt"):
         hook.submit_diffusion("  ")
     with pytest.raises(ValueError, match="poll_interval"):
         hook.wait_for_diffusion("x", poll_interval=0)
-    assert getimage_conn.stats()["requests"] == 0
+    assert getimage_airflow_conn.stats()["requests"] == 0
 
 
 def test_test_connection(
-    hook: GetImageHook, getimage_conn: Emulator, monkeypatch: pytest.MonkeyPatch
+    hook: GetImageHook, getimage_airflow_conn: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ok, message = hook.test_connection()
     assert ok, message
-    assert getimage_conn.url in message
-    use_connection(monkeypatch, getimage_conn, password="wrong-key-0123456789")
+    assert getimage_airflow_conn.url in message
+    use_connection(monkeypatch, getimage_airflow_conn, password="wrong-key-0123456789")
     ok, message = GetImageHook().test_connection()
     assert not ok
     assert "401" in message
     assert "wrong-key-0123456789" not in message
-    assert getimage_conn.stats()["submissions"] == 0, "testing a connection spends no credits"
+    assert getimage_airflow_conn.stats()["submissions"] == 0, "testing a connection spends no credits"
 
 
 def test_tls_with_ca_bundle(
@@ -326,45 +326,45 @@ def test_form_metadata_on_hook() -> None:
 
 # ------------------------------------------------------------------------------------- async
 @pytest.fixture
-def async_hook(getimage_conn: Emulator) -> GetImageAsyncHook:
+def async_hook(getimage_airflow_conn: Emulator) -> GetImageAsyncHook:
     return GetImageAsyncHook(retry_policy=FAST)
 
 
 async def test_async_submit_and_poll_share_one_session(
-    async_hook: GetImageAsyncHook, getimage_conn: Emulator
+    async_hook: GetImageAsyncHook, getimage_airflow_conn: Emulator
 ) -> None:
     async with async_hook:
         record = await async_hook.submit_diffusion("async fox", seed=3)
         for _ in range(5):
             polled = await async_hook.get_diffusion(record["id"])
         assert polled["id"] == record["id"]
-    stats = getimage_conn.stats()
+    stats = getimage_airflow_conn.stats()
     assert (stats["submissions"], stats["polls"], stats["connections"]) == (1, 5, 1)
-    assert getimage_conn.diffusions()[0]["body"]["seed"] == 3
+    assert getimage_airflow_conn.diffusions()[0]["body"]["seed"] == 3
 
 
-async def test_async_retries_5xx_and_drops(async_hook: GetImageAsyncHook, getimage_conn: Emulator) -> None:
+async def test_async_retries_5xx_and_drops(async_hook: GetImageAsyncHook, getimage_airflow_conn: Emulator) -> None:
     async with async_hook:
         diffusion_id = (await async_hook.submit_diffusion("async flaky"))["id"]
-        getimage_conn.inject(
+        getimage_airflow_conn.inject(
             Fault(kind="status", status=503, method="GET"),
             Fault(kind="drop", method="GET"),
             Fault(kind="status", status=429, retry_after="0", method="GET"),
         )
         assert (await async_hook.get_diffusion(diffusion_id))["id"] == diffusion_id
-    assert getimage_conn.stats()["polls"] == 4
+    assert getimage_airflow_conn.stats()["polls"] == 4
 
 
 async def test_async_errors(
-    async_hook: GetImageAsyncHook, getimage_conn: Emulator, monkeypatch: pytest.MonkeyPatch
+    async_hook: GetImageAsyncHook, getimage_airflow_conn: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with async_hook:
         with pytest.raises(GetImageNotFoundError):
             await async_hook.get_diffusion("missing")
-        getimage_conn.inject(Fault(kind="drop_after", method="POST"))
+        getimage_airflow_conn.inject(Fault(kind="drop_after", method="POST"))
         with pytest.raises(GetImageSubmitUncertainError):
             await async_hook.submit_diffusion("lost answer")
-    use_connection(monkeypatch, getimage_conn, password="wrong-key-0123456789")
+    use_connection(monkeypatch, getimage_airflow_conn, password="wrong-key-0123456789")
     async with GetImageAsyncHook(retry_policy=FAST) as bad:
         with pytest.raises(GetImageAuthError) as info:
             await bad.get_diffusion("x")

@@ -23,7 +23,7 @@ def dags() -> dict[str, DAG]:
     return dag_runs.parse(dag_runs.TEST_DAGS / "getimage_operator_dags.py")
 
 
-def test_waits_and_returns_urls(dags: dict[str, DAG], getimage_conn: Emulator) -> None:
+def test_waits_and_returns_urls(dags: dict[str, DAG], getimage_airflow_conn: Emulator) -> None:
     dag_run = dag_runs.run(dags["getimage_operator_wait"], prompt="a snowy owl")
     assert dag_runs.states(dag_run) == {("generate", -1): "success"}
     urls = dag_runs.xcom(dag_run, "generate")
@@ -33,7 +33,7 @@ def test_waits_and_returns_urls(dags: dict[str, DAG], getimage_conn: Emulator) -
     assert record["status"] == "FINISHED"
     assert urls == record["images"]
     assert len(urls) == 4
-    (diffusion,) = getimage_conn.diffusions()
+    (diffusion,) = getimage_airflow_conn.diffusions()
     assert diffusion["id"] == diffusion_id
     assert diffusion["body"] == {
         "prompt": "a snowy owl",
@@ -41,35 +41,35 @@ def test_waits_and_returns_urls(dags: dict[str, DAG], getimage_conn: Emulator) -
         "seed": 7,
         "negative_prompt": "blurry",
     }, "templated prompt and parameters were rendered and sent untouched"
-    assert getimage_conn.stats()["submissions"] == 1
+    assert getimage_airflow_conn.stats()["submissions"] == 1
 
 
-def test_submit_only_returns_the_id(dags: dict[str, DAG], getimage_conn: Emulator) -> None:
+def test_submit_only_returns_the_id(dags: dict[str, DAG], getimage_airflow_conn: Emulator) -> None:
     dag_run = dag_runs.run(dags["getimage_operator_submit_only"])
     diffusion_id = dag_runs.xcom(dag_run, "submit")
     assert diffusion_id == dag_runs.xcom(dag_run, "submit", "diffusion_id")
-    assert diffusion_id == getimage_conn.diffusions()[0]["id"]
-    stats = getimage_conn.stats()
+    assert diffusion_id == getimage_airflow_conn.diffusions()[0]["id"]
+    stats = getimage_airflow_conn.stats()
     assert (stats["submissions"], stats["polls"]) == (1, 0)
 
 
-def test_failed_diffusion_fails_the_task_with_its_id(dags: dict[str, DAG], getimage_conn: Emulator) -> None:
-    getimage_conn.configure(failing_prompts=("forbidden",))
+def test_failed_diffusion_fails_the_task_with_its_id(dags: dict[str, DAG], getimage_airflow_conn: Emulator) -> None:
+    getimage_airflow_conn.configure(failing_prompts=("forbidden",))
     dag_run = dag_runs.run(dags["getimage_operator_wait"], prompt="something forbidden")
     assert dag_runs.states(dag_run) == {("generate", -1): "failed"}
     diffusion_id = dag_runs.xcom(dag_run, "generate", "diffusion_id")
-    assert diffusion_id == getimage_conn.diffusions()[0]["id"], "the id was pushed before the wait"
-    assert getimage_conn.stats()["submissions"] == 1
+    assert diffusion_id == getimage_airflow_conn.diffusions()[0]["id"], "the id was pushed before the wait"
+    assert getimage_airflow_conn.stats()["submissions"] == 1
 
 
-def test_timeout_fails_the_task(dags: dict[str, DAG], getimage_conn: Emulator) -> None:
-    getimage_conn.configure(latency=600)
+def test_timeout_fails_the_task(dags: dict[str, DAG], getimage_airflow_conn: Emulator) -> None:
+    getimage_airflow_conn.configure(latency=600)
     dag_run = dag_runs.run(dags["getimage_operator_timeout"])
     assert dag_runs.states(dag_run) == {("generate", -1): "failed"}
     assert dag_runs.xcom(dag_run, "generate", "diffusion_id")
 
 
-def test_dynamic_mapping_one_submission_per_prompt(dags: dict[str, DAG], getimage_conn: Emulator) -> None:
+def test_dynamic_mapping_one_submission_per_prompt(dags: dict[str, DAG], getimage_airflow_conn: Emulator) -> None:
     dag_run = dag_runs.run(dags["getimage_operator_mapped"])
     states = dag_runs.states(dag_run)
     assert states == {
@@ -80,9 +80,9 @@ def test_dynamic_mapping_one_submission_per_prompt(dags: dict[str, DAG], getimag
     }
     urls = dag_runs.xcom(dag_run, "gather")
     assert len(urls) == 12
-    prompts = sorted(d["prompt"] for d in getimage_conn.diffusions())
+    prompts = sorted(d["prompt"] for d in getimage_airflow_conn.diffusions())
     assert prompts == ["a blue whale", "a green owl", "a red fox"]
-    assert getimage_conn.stats()["submissions"] == 3
+    assert getimage_airflow_conn.stats()["submissions"] == 3
 
 
 @pytest.mark.parametrize(
@@ -130,36 +130,36 @@ def deferrable_dags() -> dict[str, DAG]:
     return dag_runs.parse(dag_runs.TEST_DAGS / "getimage_deferrable_dags.py")
 
 
-def test_deferrable_returns_urls(deferrable_dags: dict[str, DAG], getimage_conn: Emulator) -> None:
+def test_deferrable_returns_urls(deferrable_dags: dict[str, DAG], getimage_airflow_conn: Emulator) -> None:
     dag_run = dag_runs.run(deferrable_dags["getimage_operator_deferrable"], prompt="a deferred fox")
     assert dag_runs.states(dag_run) == {("generate", -1): "success"}
     urls = dag_runs.xcom(dag_run, "generate")
     assert len(urls) == 4
     assert dag_runs.xcom(dag_run, "generate", "diffusion")["status"] == "FINISHED"
-    assert getimage_conn.stats()["submissions"] == 1
+    assert getimage_airflow_conn.stats()["submissions"] == 1
 
 
 def test_deferrable_failure_and_timeout_fail_the_task(
-    deferrable_dags: dict[str, DAG], getimage_conn: Emulator
+    deferrable_dags: dict[str, DAG], getimage_airflow_conn: Emulator
 ) -> None:
-    getimage_conn.configure(failing_prompts=("forbidden",))
+    getimage_airflow_conn.configure(failing_prompts=("forbidden",))
     dag_run = dag_runs.run(deferrable_dags["getimage_operator_deferrable"], prompt="a forbidden fox")
     assert dag_runs.states(dag_run) == {("generate", -1): "failed"}
-    getimage_conn.configure(latency=600)
+    getimage_airflow_conn.configure(latency=600)
     started = time.monotonic()
     dag_run = dag_runs.run(deferrable_dags["getimage_operator_deferrable_timeout"])
     assert dag_runs.states(dag_run) == {("generate", -1): "failed"}
     assert time.monotonic() - started < 20, "the trigger kept the 1 s deadline itself"
-    assert getimage_conn.stats()["submissions"] == 2
+    assert getimage_airflow_conn.stats()["submissions"] == 2
 
 
 def test_deferrable_finished_at_first_check_does_not_defer(
-    deferrable_dags: dict[str, DAG], getimage_conn: Emulator
+    deferrable_dags: dict[str, DAG], getimage_airflow_conn: Emulator
 ) -> None:
-    getimage_conn.configure(latency=0)
+    getimage_airflow_conn.configure(latency=0)
     dag_run = dag_runs.run(deferrable_dags["getimage_operator_deferrable"])
     assert dag_runs.states(dag_run) == {("generate", -1): "success"}
-    assert getimage_conn.stats()["polls"] == 1, "one check after submitting, no trigger"
+    assert getimage_airflow_conn.stats()["polls"] == 1, "one check after submitting, no trigger"
 
 
 def test_deferrable_default_follows_config(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,7 +24,7 @@ def dags() -> dict[str, DAG]:
     return dag_runs.parse(dag_runs.TEST_DAGS / "getimage_deferrable_dags.py")
 
 
-def test_every_mode_returns_the_urls(dags: dict[str, DAG], getimage_conn: Emulator) -> None:
+def test_every_mode_returns_the_urls(dags: dict[str, DAG], getimage_airflow_conn: Emulator) -> None:
     dag_run = dag_runs.run(dags["getimage_sensor_modes"])
     assert set(dag_runs.states(dag_run).values()) == {"success"}
     diffusion_id = dag_runs.xcom(dag_run, "submit", "diffusion_id")
@@ -32,11 +32,11 @@ def test_every_mode_returns_the_urls(dags: dict[str, DAG], getimage_conn: Emulat
         urls = dag_runs.xcom(dag_run, sensor)
         assert len(urls) == 4, sensor
         assert dag_runs.xcom(dag_run, sensor, "diffusion")["id"] == diffusion_id
-    assert getimage_conn.stats()["submissions"] == 1
+    assert getimage_airflow_conn.stats()["submissions"] == 1
 
 
-def test_failed_diffusion_fails_every_mode_at_once(dags: dict[str, DAG], getimage_conn: Emulator) -> None:
-    getimage_conn.configure(failing_prompts=("forbidden",))
+def test_failed_diffusion_fails_every_mode_at_once(dags: dict[str, DAG], getimage_airflow_conn: Emulator) -> None:
+    getimage_airflow_conn.configure(failing_prompts=("forbidden",))
     started = time.monotonic()
     dag_run = dag_runs.run(dags["getimage_sensor_modes"], prompt="a forbidden whale")
     assert time.monotonic() - started < 30, "the sensors failed at once, not at their 60 s timeout"
@@ -60,7 +60,7 @@ class RecordingTI:
         self.pushed[key] = value
 
 
-def test_poke_keeps_waiting_through_an_outage(getimage_conn: Emulator) -> None:
+def test_poke_keeps_waiting_through_an_outage(getimage_airflow_conn: Emulator) -> None:
     from airflow_provider_getimage._rules import RetryPolicy
     from airflow_provider_getimage.emulator import Fault
     from airflow_provider_getimage.hooks.getimage import GetImageHook
@@ -68,7 +68,7 @@ def test_poke_keeps_waiting_through_an_outage(getimage_conn: Emulator) -> None:
     diffusion_id = GetImageHook().submit_diffusion("an outage")["id"]
     sensor = GetImageDiffusionSensor(task_id="wait", diffusion_id=diffusion_id)
     sensor.hook.retry_policy = RetryPolicy(max_attempts=2, backoff_base=0.01, backoff_max=0.02)
-    getimage_conn.inject(Fault(kind="status", status=503, method="GET", times=2))
+    getimage_airflow_conn.inject(Fault(kind="status", status=503, method="GET", times=2))
     ti = RecordingTI()
     context = {"ti": ti}
     assert sensor.poke(context).is_done is False, "a 503 outage is waited out, not a failure"  # type: ignore[arg-type]

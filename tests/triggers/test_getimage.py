@@ -51,7 +51,7 @@ async def events_of(trigger: GetImageDiffusionTrigger) -> list[TriggerEvent]:
     return [event async for event in trigger.run()]
 
 
-def test_serialization_holds_ids_only(getimage_conn: Emulator) -> None:
+def test_serialization_holds_ids_only(getimage_airflow_conn: Emulator) -> None:
     trigger = GetImageDiffusionTrigger("d-1", getimage_conn_id="my_conn", poll_interval=3, end_time=1234.5)
     classpath, kwargs = trigger.serialize()
     assert classpath == "airflow_provider_getimage.triggers.getimage.GetImageDiffusionTrigger"
@@ -61,7 +61,7 @@ def test_serialization_holds_ids_only(getimage_conn: Emulator) -> None:
         "poll_interval": 3.0,
         "end_time": 1234.5,
     }
-    assert getimage_conn.api_key not in json.dumps(kwargs)
+    assert getimage_airflow_conn.api_key not in json.dumps(kwargs)
     rebuilt = GetImageDiffusionTrigger(**kwargs)
     assert rebuilt.serialize() == (classpath, kwargs)
 
@@ -75,9 +75,9 @@ def test_bad_arguments(bad: dict[str, Any], match: str) -> None:
         GetImageDiffusionTrigger(**bad)
 
 
-async def test_success_is_one_event_with_the_record(getimage_conn: Emulator) -> None:
-    diffusion_id = submit(getimage_conn)
-    connections_before = getimage_conn.stats()["connections"]
+async def test_success_is_one_event_with_the_record(getimage_airflow_conn: Emulator) -> None:
+    diffusion_id = submit(getimage_airflow_conn)
+    connections_before = getimage_airflow_conn.stats()["connections"]
     events = await events_of(
         GetImageDiffusionTrigger(diffusion_id, poll_interval=0.1, end_time=time.time() + 30)
     )
@@ -87,14 +87,14 @@ async def test_success_is_one_event_with_the_record(getimage_conn: Emulator) -> 
     assert payload["diffusion_id"] == diffusion_id
     assert payload["diffusion"]["status"] == "FINISHED"
     assert len(_rules.image_urls(payload["diffusion"])) == 4
-    assert getimage_conn.stats()["polls"] > 3
-    assert getimage_conn.stats()["connections"] == connections_before + 1, "one keep-alive session"
+    assert getimage_airflow_conn.stats()["polls"] > 3
+    assert getimage_airflow_conn.stats()["connections"] == connections_before + 1, "one keep-alive session"
     assert result_from_event(payload)["id"] == diffusion_id
 
 
-async def test_failed_is_one_event_with_the_message(getimage_conn: Emulator) -> None:
-    getimage_conn.configure(failing_prompts=("forbidden",))
-    diffusion_id = submit(getimage_conn, "a forbidden thing")
+async def test_failed_is_one_event_with_the_message(getimage_airflow_conn: Emulator) -> None:
+    getimage_airflow_conn.configure(failing_prompts=("forbidden",))
+    diffusion_id = submit(getimage_airflow_conn, "a forbidden thing")
     events = await events_of(GetImageDiffusionTrigger(diffusion_id, poll_interval=0.1))
     assert [e.payload["status"] for e in events] == ["failed"]
     assert "content filter" in events[0].payload["message"]
@@ -103,9 +103,9 @@ async def test_failed_is_one_event_with_the_message(getimage_conn: Emulator) -> 
     assert info.value.diffusion_id == diffusion_id
 
 
-async def test_deadline_gives_timeout_event(getimage_conn: Emulator) -> None:
-    getimage_conn.configure(latency=600)
-    diffusion_id = submit(getimage_conn)
+async def test_deadline_gives_timeout_event(getimage_airflow_conn: Emulator) -> None:
+    getimage_airflow_conn.configure(latency=600)
+    diffusion_id = submit(getimage_airflow_conn)
     started = time.monotonic()
     events = await events_of(
         GetImageDiffusionTrigger(diffusion_id, poll_interval=0.2, end_time=time.time() + 0.7)
@@ -117,9 +117,9 @@ async def test_deadline_gives_timeout_event(getimage_conn: Emulator) -> None:
     assert info.value.diffusion_id == diffusion_id
 
 
-async def test_recovers_from_bursts_of_5xx_429_and_drops(getimage_conn: Emulator) -> None:
-    diffusion_id = submit(getimage_conn)
-    getimage_conn.inject(
+async def test_recovers_from_bursts_of_5xx_429_and_drops(getimage_airflow_conn: Emulator) -> None:
+    diffusion_id = submit(getimage_airflow_conn)
+    getimage_airflow_conn.inject(
         Fault(kind="status", status=503, method="GET", times=4),  # more than the hook's 3 attempts
         Fault(kind="status", status=429, retry_after="0", method="GET", times=2),
         Fault(kind="drop", method="GET", times=2),
@@ -129,18 +129,18 @@ async def test_recovers_from_bursts_of_5xx_429_and_drops(getimage_conn: Emulator
         GetImageDiffusionTrigger(diffusion_id, poll_interval=0.05, end_time=time.time() + 30)
     )
     assert [e.payload["status"] for e in events] == ["success"]
-    stats = getimage_conn.stats()
+    stats = getimage_airflow_conn.stats()
     assert stats["faults_served"] == 10
     assert stats["submissions"] == 1
 
 
 async def test_unknown_id_and_bad_key_end_with_error(
-    getimage_conn: Emulator, monkeypatch: pytest.MonkeyPatch
+    getimage_airflow_conn: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     events = await events_of(GetImageDiffusionTrigger("no-such-id", poll_interval=0.05))
     assert [e.payload["status"] for e in events] == ["error"]
     assert "HTTP 404" in events[0].payload["message"]
-    conn = json.loads(getimage_conn.airflow_connection())
+    conn = json.loads(getimage_airflow_conn.airflow_connection())
     monkeypatch.setenv(
         "AIRFLOW_CONN_GETIMAGE_DEFAULT", json.dumps({**conn, "password": "wrong-key-0123456789"})
     )
@@ -152,28 +152,28 @@ async def test_unknown_id_and_bad_key_end_with_error(
         result_from_event(events[0].payload)
 
 
-async def test_still_running_trigger_can_be_cancelled(getimage_conn: Emulator) -> None:
-    getimage_conn.configure(latency=600)
-    diffusion_id = submit(getimage_conn)
+async def test_still_running_trigger_can_be_cancelled(getimage_airflow_conn: Emulator) -> None:
+    getimage_airflow_conn.configure(latency=600)
+    diffusion_id = submit(getimage_airflow_conn)
     task = asyncio.create_task(events_of(GetImageDiffusionTrigger(diffusion_id, poll_interval=0.05)))
     await asyncio.sleep(0.5)
     assert not task.done(), "a running diffusion yields no event"
-    polls = getimage_conn.stats()["polls"]
+    polls = getimage_airflow_conn.stats()["polls"]
     assert polls >= 3
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     await asyncio.sleep(0.2)
-    assert getimage_conn.stats()["polls"] == polls, "no poll after cancellation"
+    assert getimage_airflow_conn.stats()["polls"] == polls, "no poll after cancellation"
 
 
-async def test_event_loop_never_blocked(getimage_conn: Emulator, caplog: pytest.LogCaptureFixture) -> None:
+async def test_event_loop_never_blocked(getimage_airflow_conn: Emulator, caplog: pytest.LogCaptureFixture) -> None:
     """asyncio's debug mode reports any callback that holds the loop; none may come from polling."""
     loop = asyncio.get_running_loop()
     loop.set_debug(True)
     loop.slow_callback_duration = 0.05
     caplog.set_level(logging.WARNING, logger="asyncio")
-    diffusion_id = submit(getimage_conn)
+    diffusion_id = submit(getimage_airflow_conn)
     try:
         events = await events_of(
             GetImageDiffusionTrigger(diffusion_id, poll_interval=0.05, end_time=time.time() + 30)
