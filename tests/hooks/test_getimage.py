@@ -57,7 +57,9 @@ def test_submit_get_wait(hook: GetImageHook, getimage_airflow_conn: Emulator) ->
     assert stats["connections"] == 1, "one keep-alive session serves every call of a hook"
 
 
-def test_submit_sends_model_and_parameters_untouched(hook: GetImageHook, getimage_airflow_conn: Emulator) -> None:
+def test_submit_sends_model_and_parameters_untouched(
+    hook: GetImageHook, getimage_airflow_conn: Emulator
+) -> None:
     params = {"size": "1024x1024", "negative_prompt": "blurry", "seed": 42, "style": {"chaos": 10}}
     hook.submit_diffusion("a lighthouse", model="sdxl", **params)
     (diffusion,) = getimage_airflow_conn.diffusions()
@@ -109,7 +111,9 @@ def test_unknown_status_is_running_and_warned_once(
 
 
 # ---------------------------------------------------------------------------------- failures
-def test_failed_diffusion_raises_with_id_and_message(hook: GetImageHook, getimage_airflow_conn: Emulator) -> None:
+def test_failed_diffusion_raises_with_id_and_message(
+    hook: GetImageHook, getimage_airflow_conn: Emulator
+) -> None:
     getimage_airflow_conn.configure(failing_prompts=("forbidden",))
     diffusion_id = hook.submit_diffusion("something forbidden")["id"]
     with pytest.raises(GetImageDiffusionFailed) as info:
@@ -343,7 +347,9 @@ async def test_async_submit_and_poll_share_one_session(
     assert getimage_airflow_conn.diffusions()[0]["body"]["seed"] == 3
 
 
-async def test_async_retries_5xx_and_drops(async_hook: GetImageAsyncHook, getimage_airflow_conn: Emulator) -> None:
+async def test_async_retries_5xx_and_drops(
+    async_hook: GetImageAsyncHook, getimage_airflow_conn: Emulator
+) -> None:
     async with async_hook:
         diffusion_id = (await async_hook.submit_diffusion("async flaky"))["id"]
         getimage_airflow_conn.inject(

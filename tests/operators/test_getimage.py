@@ -53,7 +53,9 @@ def test_submit_only_returns_the_id(dags: dict[str, DAG], getimage_airflow_conn:
     assert (stats["submissions"], stats["polls"]) == (1, 0)
 
 
-def test_failed_diffusion_fails_the_task_with_its_id(dags: dict[str, DAG], getimage_airflow_conn: Emulator) -> None:
+def test_failed_diffusion_fails_the_task_with_its_id(
+    dags: dict[str, DAG], getimage_airflow_conn: Emulator
+) -> None:
     getimage_airflow_conn.configure(failing_prompts=("forbidden",))
     dag_run = dag_runs.run(dags["getimage_operator_wait"], prompt="something forbidden")
     assert dag_runs.states(dag_run) == {("generate", -1): "failed"}
@@ -69,7 +71,9 @@ def test_timeout_fails_the_task(dags: dict[str, DAG], getimage_airflow_conn: Emu
     assert dag_runs.xcom(dag_run, "generate", "diffusion_id")
 
 
-def test_dynamic_mapping_one_submission_per_prompt(dags: dict[str, DAG], getimage_airflow_conn: Emulator) -> None:
+def test_dynamic_mapping_one_submission_per_prompt(
+    dags: dict[str, DAG], getimage_airflow_conn: Emulator
+) -> None:
     dag_run = dag_runs.run(dags["getimage_operator_mapped"])
     states = dag_runs.states(dag_run)
     assert states == {

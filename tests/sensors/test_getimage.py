@@ -35,7 +35,9 @@ def test_every_mode_returns_the_urls(dags: dict[str, DAG], getimage_airflow_conn
     assert getimage_airflow_conn.stats()["submissions"] == 1
 
 
-def test_failed_diffusion_fails_every_mode_at_once(dags: dict[str, DAG], getimage_airflow_conn: Emulator) -> None:
+def test_failed_diffusion_fails_every_mode_at_once(
+    dags: dict[str, DAG], getimage_airflow_conn: Emulator
+) -> None:
     getimage_airflow_conn.configure(failing_prompts=("forbidden",))
     started = time.monotonic()
     dag_run = dag_runs.run(dags["getimage_sensor_modes"], prompt="a forbidden whale")

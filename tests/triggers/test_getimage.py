@@ -167,7 +167,9 @@ async def test_still_running_trigger_can_be_cancelled(getimage_airflow_conn: Emu
     assert getimage_airflow_conn.stats()["polls"] == polls, "no poll after cancellation"
 
 
-async def test_event_loop_never_blocked(getimage_airflow_conn: Emulator, caplog: pytest.LogCaptureFixture) -> None:
+async def test_event_loop_never_blocked(
+    getimage_airflow_conn: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
     """asyncio's debug mode reports any callback that holds the loop; none may come from polling."""
     loop = asyncio.get_running_loop()
     loop.set_debug(True)
