@@ -53,6 +53,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_provider_getimage.triggers.getimage"],
             }
         ],
+        "extra-links": ["airflow_provider_getimage.links.getimage.GetImageImagesLink"],
         "connection-types": [
             {
                 "connection-type": "getimage",

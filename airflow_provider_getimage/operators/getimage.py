@@ -11,6 +11,7 @@ from airflow.providers.common.compat.sdk import BaseOperator, conf
 from airflow_provider_getimage import _rules
 from airflow_provider_getimage.exceptions import GetImageError
 from airflow_provider_getimage.hooks.getimage import DEFAULT_CONN_ID, GetImageHook, diffusion_failed
+from airflow_provider_getimage.links.getimage import GetImageImagesLink
 from airflow_provider_getimage.triggers.getimage import GetImageDiffusionTrigger, result_from_event
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ class GetImageDiffusionOperator(BaseOperator):
 
     template_fields: Sequence[str] = ("prompt", "model", "parameters", "getimage_conn_id")
     template_fields_renderers = {"parameters": "json"}
+    operator_extra_links = (GetImageImagesLink(),)
     ui_color = "#d7c6f5"
 
     def __init__(

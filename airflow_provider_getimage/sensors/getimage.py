@@ -23,6 +23,7 @@ from airflow_provider_getimage.hooks.getimage import (
     diffusion_failed,
     log_status,
 )
+from airflow_provider_getimage.links.getimage import GetImageImagesLink
 from airflow_provider_getimage.operators.getimage import push_finished
 from airflow_provider_getimage.triggers.getimage import GetImageDiffusionTrigger, result_from_event
 
@@ -50,6 +51,7 @@ class GetImageDiffusionSensor(BaseSensorOperator):
     """
 
     template_fields: Sequence[str] = ("diffusion_id", "getimage_conn_id")
+    operator_extra_links = (GetImageImagesLink(),)
     ui_color = "#e8dcfa"
 
     def __init__(

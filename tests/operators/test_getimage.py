@@ -42,6 +42,9 @@ def test_waits_and_returns_urls(dags: dict[str, DAG], getimage_airflow_conn: Emu
         "negative_prompt": "blurry",
     }, "templated prompt and parameters were rendered and sent untouched"
     assert getimage_airflow_conn.stats()["submissions"] == 1
+    assert dag_runs.xcom(dag_run, "generate", "_link_GetImageImagesLink") == urls[0], (
+        "extra link to the images"
+    )
 
 
 def test_submit_only_returns_the_id(dags: dict[str, DAG], getimage_airflow_conn: Emulator) -> None:
