@@ -6,10 +6,10 @@ import time
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.common.compat.sdk import BaseOperator, conf
+from airflow.providers.common.compat.sdk import BaseOperator, ResumableJobMixin, conf
 
 from airflow_provider_getimage import _rules
-from airflow_provider_getimage.exceptions import GetImageError
+from airflow_provider_getimage.exceptions import GetImageError, GetImageNotFoundError
 from airflow_provider_getimage.hooks.getimage import DEFAULT_CONN_ID, GetImageHook, diffusion_failed
 from airflow_provider_getimage.links.getimage import GetImageImagesLink
 from airflow_provider_getimage.triggers.getimage import GetImageDiffusionTrigger, result_from_event
@@ -33,7 +33,7 @@ def _known_now(value: object) -> bool:
     return value is None or isinstance(value, (str, bytes, bool, int, float, list, tuple, dict, set))
 
 
-class GetImageDiffusionOperator(BaseOperator):
+class GetImageDiffusionOperator(ResumableJobMixin, BaseOperator):
     """
     Submit a prompt to GetImage.io and wait for the images.
 
@@ -49,6 +49,11 @@ class GetImageDiffusionOperator(BaseOperator):
     Arguments known when the DAG is parsed are checked then, with an error naming the argument:
     a bad submission would cost credits.
 
+    On Airflow 3.3+ the operator is durable (``ResumableJobMixin``): the diffusion id is kept in
+    the task state store, so a retry after a crashed worker reconnects to the running or finished
+    diffusion instead of submitting it again; a retry after a failed diffusion submits afresh.
+    Pass ``durable=False`` to submit on every try. Older Airflow submits on every try.
+
     :param prompt: the text to draw (templated).
     :param model: the model (templated); ``None`` uses the connection's ``default_model`` extra.
     :param parameters: extra generation parameters (size, seed, ...), sent untouched (templated).
@@ -61,6 +66,7 @@ class GetImageDiffusionOperator(BaseOperator):
     """
 
     template_fields: Sequence[str] = ("prompt", "model", "parameters", "getimage_conn_id")
+    external_id_key = "getimage_diffusion_id"
     template_fields_renderers = {"parameters": "json"}
     operator_extra_links = (GetImageImagesLink(),)
     ui_color = "#d7c6f5"
@@ -85,6 +91,8 @@ class GetImageDiffusionOperator(BaseOperator):
         self.getimage_conn_id = getimage_conn_id
         self.wait_for_completion = wait_for_completion
         self.deferrable = deferrable
+        self._submission: dict[str, Any] | None = None
+        self._result: list[str] | str | None = None
         self.poll_interval = _rules.check_positive("poll_interval", poll_interval)
         self.timeout = _rules.check_positive("timeout", timeout)
         self._check_inputs(at_parse_time=True)
@@ -112,22 +120,63 @@ class GetImageDiffusionOperator(BaseOperator):
         return GetImageHook(getimage_conn_id=self.getimage_conn_id)
 
     def execute(self, context: Context) -> list[str] | str:
-        prompt, model, parameters = self._check_inputs()
+        self._check_inputs()  # fail before any submission, whatever path follows
         try:
-            record = self.hook.submit_diffusion(prompt, model, **parameters)
-            submitted_at = time.time()
-            diffusion_id: str = record["id"]
-            context["ti"].xcom_push(key="diffusion_id", value=diffusion_id)
-            if not self.wait_for_completion:
-                context["ti"].xcom_push(key="diffusion", value=record)
-                return diffusion_id
-            if self.deferrable:
-                final = self._check_then_defer(diffusion_id, end_time=submitted_at + self.timeout)
-            else:
-                final = self.hook.wait_for_diffusion(diffusion_id, self.poll_interval, self.timeout)
+            return self.execute_resumable(context)
         finally:
             self.hook.close()
-        return push_finished(context, self.log, diffusion_id, final)
+
+    # ResumableJobMixin: the diffusion id lives in the task state store, so a retry after a crash
+    # reconnects to the diffusion instead of paying for a second one. XComs are cleared before a
+    # retry; the task state store is not.
+    def submit_job(self, context: Context) -> str:
+        """Submit the (rendered, checked) prompt; the id returned is persisted before any wait."""
+        prompt, model, parameters = self._check_inputs()
+        record = self.hook.submit_diffusion(prompt, model, **parameters)
+        self._submission = record
+        return str(record["id"])
+
+    def get_job_status(self, external_id: Any, context: Context) -> str:
+        """The status of the diffusion an earlier try submitted (unknown ids resubmit)."""
+        try:
+            return str(self.hook.get_diffusion(str(external_id)).get("status"))
+        except GetImageNotFoundError:
+            return "NOT_FOUND"
+
+    def is_job_active(self, status: str) -> bool:
+        return _rules.classify(status) == "running" and status != "NOT_FOUND"
+
+    def is_job_succeeded(self, status: str) -> bool:
+        return _rules.classify(status) == "success"
+
+    def poll_until_complete(self, external_id: Any, context: Context) -> list[str] | str:  # type: ignore[override]
+        """
+        Push ``diffusion_id`` at once, then wait (in the worker or the triggerer) for the images.
+
+        Returns the task's result: on a reconnect the mixin returns this value as it is.
+        """
+        diffusion_id = str(external_id)
+        context["ti"].xcom_push(key="diffusion_id", value=diffusion_id)
+        if not self.wait_for_completion:
+            context["ti"].xcom_push(key="diffusion", value=self._submission or {"id": diffusion_id})
+            self._result = diffusion_id
+            return diffusion_id
+        if self.deferrable:
+            final = self._check_then_defer(diffusion_id, end_time=time.time() + self.timeout)
+        else:
+            final = self.hook.wait_for_diffusion(diffusion_id, self.poll_interval, self.timeout)
+        self._result = push_finished(context, self.log, diffusion_id, final)
+        return self._result
+
+    def get_job_result(self, external_id: Any, context: Context) -> list[str] | str:
+        """The task's return value; after an earlier try's success, read from the service."""
+        if self._result is None:
+            diffusion_id = str(external_id)
+            context["ti"].xcom_push(key="diffusion_id", value=diffusion_id)
+            self._result = push_finished(
+                context, self.log, diffusion_id, self.hook.get_diffusion(diffusion_id)
+            )
+        return self._result
 
     def _check_then_defer(self, diffusion_id: str, end_time: float) -> dict[str, Any]:
         """Check once (a quick generation needs no triggerer): the finished record, or defer."""

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from airflow_provider_getimage.exceptions import GetImageDiffusionFailed, GetImageTimeoutError
 from airflow_provider_getimage.operators.getimage import GetImageDiffusionOperator
 from tests import dag_runs
 
@@ -172,3 +173,81 @@ def test_deferrable_finished_at_first_check_does_not_defer(
 def test_deferrable_default_follows_config(monkeypatch: pytest.MonkeyPatch) -> None:
     assert GetImageDiffusionOperator(task_id="a", prompt="x").deferrable is False
     assert GetImageDiffusionOperator(task_id="b", prompt="x", deferrable=True).deferrable is True
+
+
+class RecordingTI:
+    """The task instance's XCom push, for calling ``execute`` directly (no scheduler involved)."""
+
+    stats_tags: dict[str, str] = {}
+
+    def __init__(self) -> None:
+        self.pushed: dict[str, object] = {}
+
+    def xcom_push(self, key: str, value: object) -> None:
+        self.pushed[key] = value
+
+
+class DictTaskStateStore:
+    """Airflow 3.3's task state store survives a task's retries; a dict does here."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, object] = {}
+
+    def get(self, key: str, default: object = None) -> object:
+        return self.values.get(key, default)
+
+    def set(self, key: str, value: object, **_: object) -> None:
+        self.values[key] = value
+
+
+def try_once(operator: GetImageDiffusionOperator, store: DictTaskStateStore) -> tuple[object, RecordingTI]:
+    """One try of the task: a fresh task instance (XComs are cleared on retry), the same store."""
+    ti = RecordingTI()
+    result = operator.execute({"ti": ti, "task_state_store": store})  # type: ignore[arg-type]
+    return result, ti
+
+
+def test_retry_reconnects_to_a_running_diffusion(getimage_airflow_conn: Emulator) -> None:
+    store = DictTaskStateStore()
+    first = GetImageDiffusionOperator(task_id="gen", prompt="durable", poll_interval=0.05, timeout=0.3)
+    getimage_airflow_conn.configure(latency=1.5)
+    with pytest.raises(GetImageTimeoutError):
+        try_once(first, store)  # the worker gives up (or dies) while the diffusion runs
+    diffusion_id = store.values["getimage_diffusion_id"]
+    retry = GetImageDiffusionOperator(task_id="gen", prompt="durable", poll_interval=0.05, timeout=10)
+    urls, ti = try_once(retry, store)
+    assert ti.pushed["diffusion_id"] == diffusion_id, "the retry pushed the same id again"
+    assert urls == ti.pushed["diffusion"]["images"]  # type: ignore[index]
+    assert getimage_airflow_conn.stats()["submissions"] == 1, "reconnected, not resubmitted"
+
+
+def test_retry_after_success_returns_the_result_without_submitting(getimage_airflow_conn: Emulator) -> None:
+    store = DictTaskStateStore()
+    operator = GetImageDiffusionOperator(task_id="gen", prompt="done already", poll_interval=0.05, timeout=10)
+    urls, _ = try_once(operator, store)
+    again, ti = try_once(GetImageDiffusionOperator(task_id="gen", prompt="done already"), store)
+    assert again == urls
+    assert ti.pushed["diffusion_id"] == store.values["getimage_diffusion_id"]
+    assert getimage_airflow_conn.stats()["submissions"] == 1
+
+
+def test_retry_after_failed_diffusion_submits_afresh(getimage_airflow_conn: Emulator) -> None:
+    store = DictTaskStateStore()
+    getimage_airflow_conn.configure(failing_prompts=("flaky",))
+    operator = GetImageDiffusionOperator(task_id="gen", prompt="a flaky one", poll_interval=0.05, timeout=10)
+    with pytest.raises(GetImageDiffusionFailed):
+        try_once(operator, store)
+    failed_id = store.values["getimage_diffusion_id"]
+    getimage_airflow_conn.configure(failing_prompts=())
+    try_once(GetImageDiffusionOperator(task_id="gen", prompt="a flaky one", poll_interval=0.05), store)
+    assert store.values["getimage_diffusion_id"] != failed_id
+    assert getimage_airflow_conn.stats()["submissions"] == 2
+
+
+def test_not_durable_submits_on_every_try(getimage_airflow_conn: Emulator) -> None:
+    store = DictTaskStateStore()
+    for _ in range(2):
+        try_once(
+            GetImageDiffusionOperator(task_id="gen", prompt="x", durable=False, poll_interval=0.05), store
+        )
+    assert getimage_airflow_conn.stats()["submissions"] == 2
