@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -203,7 +203,8 @@ class DictTaskStateStore:
 def try_once(operator: GetImageDiffusionOperator, store: DictTaskStateStore) -> tuple[object, RecordingTI]:
     """One try of the task: a fresh task instance (XComs are cleared on retry), the same store."""
     ti = RecordingTI()
-    result = operator.execute({"ti": ti, "task_state_store": store})  # type: ignore[arg-type]
+    context: Any = {"ti": ti, "task_state_store": store}
+    result = operator.execute(context)
     return result, ti
 
 
