@@ -358,6 +358,8 @@ class GetImageHook(_HookMixin, HttpHook):
         """
         Poll until the diffusion is FINISHED and return its final record.
 
+        Transient errors that outlast the hook's retries are polled through until the deadline.
+
         :raises GetImageDiffusionFailed: on a terminal failure status, with the service's message.
         :raises GetImageTimeoutError: when ``timeout`` seconds pass first (the diffusion may still finish).
         """
@@ -367,12 +369,16 @@ class GetImageHook(_HookMixin, HttpHook):
         deadline = started + timeout
         watch = _rules.StatusWatch()
         while True:
-            record = self.get_diffusion(diffusion_id)
-            outcome = log_status(self.log, diffusion_id, record, watch, time.monotonic() - started)
-            if outcome == "success":
-                return record
-            if outcome == "failed":
-                raise diffusion_failed(diffusion_id, record)
+            try:
+                record = self.get_diffusion(diffusion_id)
+            except GetImageError as err:
+                poll = poll_error(self.log, diffusion_id, err)
+            else:
+                poll = read_poll(self.log, diffusion_id, record, watch, time.monotonic() - started)
+            if poll.outcome == "success":
+                return poll.record
+            if poll.outcome == "failed":
+                raise diffusion_failed(diffusion_id, poll.record)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise GetImageTimeoutError(
@@ -528,10 +534,35 @@ class GetImageAsyncHook(_HookMixin, HttpAsyncHook):
         return await self._request("GET", _rules.diffusion_path(diffusion_id))
 
 
-def log_status(
-    log: Any, diffusion_id: str, record: Mapping[str, Any], watch: _rules.StatusWatch, elapsed: float
-) -> _rules.Classification:
-    """Log a status change once (INFO) and an unknown status once (WARNING); classify the status."""
+@dataclass(frozen=True)
+class Poll:
+    """What one poll came to: the classified status and the record (empty when there was none)."""
+
+    outcome: _rules.Classification
+    record: dict[str, Any]
+
+
+def poll_error(log: Any, diffusion_id: str, error: GetImageError) -> Poll:
+    """
+    Judge a poll that failed after the hook's retries: the same way for the worker, sensor, trigger.
+
+    A transient error (network, 5xx, 429) counts as still running, so an outage never ends a
+    wait of minutes; any other error (a refused key, an unknown id) is raised again.
+    """
+    if not error.transient:
+        raise error
+    log.warning("Diffusion %s: poll failed, will poll again: %s", diffusion_id, error)
+    return Poll("running", {})
+
+
+def read_poll(
+    log: Any, diffusion_id: str, record: dict[str, Any], watch: _rules.StatusWatch, elapsed: float
+) -> Poll:
+    """
+    Interpret one polled record, the same way for the worker's wait, the sensor and the trigger.
+
+    A status change is logged once (INFO), an unknown status once (WARNING), each poll at DEBUG.
+    """
     status = record.get("status")
     previous = watch.last
     changed, newly_unknown = watch.observe(status)
@@ -551,7 +582,7 @@ def log_status(
         )
     else:
         log.debug("Diffusion %s still %s (%.1f s elapsed)", diffusion_id, watch.last, elapsed)
-    return _rules.classify(status)
+    return Poll(_rules.classify(status), record)
 
 
 def diffusion_failed(diffusion_id: str, record: Mapping[str, Any]) -> GetImageDiffusionFailed:

@@ -21,7 +21,8 @@ from airflow_provider_getimage.hooks.getimage import (
     DEFAULT_CONN_ID,
     GetImageHook,
     diffusion_failed,
-    log_status,
+    poll_error,
+    read_poll,
 )
 from airflow_provider_getimage.links.getimage import GetImageImagesLink
 from airflow_provider_getimage.operators.getimage import push_finished
@@ -87,18 +88,15 @@ class GetImageDiffusionSensor(BaseSensorOperator):
         try:
             record = self.hook.get_diffusion(diffusion_id)
         except GetImageError as err:
-            if not err.transient:
-                raise
-            # The hook already retried; a passing outage must not fail a wait of minutes.
-            self.log.warning("Diffusion %s: check failed, will check again: %s", diffusion_id, err)
-            return PokeReturnValue(is_done=False)
-        outcome = log_status(self.log, diffusion_id, record, self._watch, time.monotonic() - self._started)
-        if outcome == "failed":
-            raise diffusion_failed(diffusion_id, record)
-        if outcome == "running":
+            poll = poll_error(self.log, diffusion_id, err)
+        else:
+            poll = read_poll(self.log, diffusion_id, record, self._watch, time.monotonic() - self._started)
+        if poll.outcome == "failed":
+            raise diffusion_failed(diffusion_id, poll.record)
+        if poll.outcome == "running":
             return PokeReturnValue(is_done=False)
         return PokeReturnValue(
-            is_done=True, xcom_value=push_finished(context, self.log, diffusion_id, record)
+            is_done=True, xcom_value=push_finished(context, self.log, diffusion_id, poll.record)
         )
 
     def execute(self, context: Context) -> Any:

@@ -20,7 +20,8 @@ from airflow_provider_getimage.hooks.getimage import (
     DEFAULT_CONN_ID,
     GetImageAsyncHook,
     diffusion_failed,
-    log_status,
+    poll_error,
+    read_poll,
 )
 
 if TYPE_CHECKING:
@@ -111,19 +112,19 @@ class GetImageDiffusionTrigger(BaseTrigger):
     async def _poll(
         self, hook: GetImageAsyncHook, watch: _rules.StatusWatch, elapsed: float
     ) -> TriggerEvent | None:
-        """One poll: the final event, or None while the diffusion runs (or a transient error passes)."""
+        """One poll: the final event, or None while the diffusion runs (or an outage passes)."""
         try:
             record = await hook.get_diffusion(self.diffusion_id)
         except GetImageError as err:
             if not err.transient:
                 return self._event("error", str(err))
-            self.log.warning("Diffusion %s: poll failed, will poll again: %s", self.diffusion_id, err)
-            return None
-        outcome = log_status(self.log, self.diffusion_id, record, watch, elapsed)
-        if outcome == "success":
-            return self._event("success", f"Diffusion {self.diffusion_id} finished.", record)
-        if outcome == "failed":
-            return self._event("failed", _rules.failure_message(record), record)
+            poll = poll_error(self.log, self.diffusion_id, err)
+        else:
+            poll = read_poll(self.log, self.diffusion_id, record, watch, elapsed)
+        if poll.outcome == "success":
+            return self._event("success", f"Diffusion {self.diffusion_id} finished.", poll.record)
+        if poll.outcome == "failed":
+            return self._event("failed", _rules.failure_message(poll.record), poll.record)
         return None
 
 
