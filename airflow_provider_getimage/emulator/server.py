@@ -486,6 +486,9 @@ class EmulatorApp:
             await _call(handler, request)
             return None
         if fault.kind == "delay":
+            # A slow server has the request in hand: read the body first, so the work is still done
+            # (and a submission still created) when the client has given up and closed.
+            await request.read()
             await asyncio.sleep(fault.delay)
             return await _call(handler, request)
         if fault.kind == "body":

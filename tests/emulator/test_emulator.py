@@ -103,7 +103,7 @@ def free_port() -> int:
 
 
 def test_submit_then_new_processing_finished(start_emulator):
-    emulator = start_emulator(latency=1.2)  # NEW lasts 0.12 s, PROCESSING until 1.2 s
+    emulator = start_emulator(latency=3.0)  # NEW lasts 0.3 s (room for a loaded machine), then PROCESSING
     response = submit(emulator)
     assert response.status_code == 201
     created = response.json()
@@ -117,7 +117,7 @@ def test_submit_then_new_processing_finished(start_emulator):
     assert first["progress"] == 0
     assert "images" not in first
 
-    time.sleep(0.3)
+    time.sleep(0.5)
     middle = get(emulator, created["id"]).json()
     assert middle["status"] == "PROCESSING"
     assert 0 < middle["progress"] < 100
