@@ -12,6 +12,7 @@ from __future__ import annotations
 import email.utils
 import json
 import math
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -57,10 +58,16 @@ RUNNING_STATUSES = frozenset({"NEW", "PROCESSING"})
 """The running statuses seen from the service; any other unknown status is logged once."""
 
 IMAGE_URL_KEYS = ("url", "imageUrl", "uri", "src")
+_HOSTNAME = re.compile(r"^[A-Za-z0-9._~%:-]+$")
+"""A host name, IPv4 or IPv6 address (``urlsplit`` strips IPv6 brackets): no spaces or quotes."""
 
 Classification = Literal["success", "failed", "running"]
-Failure = Literal["connect", "read_timeout", "connection_lost", "tls", "bad_body", "http"]
-"""Why an attempt failed: the transport (before or after the request was sent) or the answer."""
+Failure = Literal["connect", "local", "read_timeout", "connection_lost", "tls", "bad_body", "http"]
+"""
+Why an attempt failed: ``connect`` (no connection, nothing sent), ``local`` (the client refused to
+send it), ``read_timeout`` / ``connection_lost`` (sent, answer lost), ``tls``, ``bad_body`` (2xx
+that is not a JSON object) or ``http`` (an error status).
+"""
 
 
 # --------------------------------------------------------------------------------------- statuses
@@ -146,7 +153,7 @@ def base_url(host: str | None, port: int | None = None) -> str:
         parsed_port = parts.port
     except ValueError:
         raise ValueError(f"Connection host {raw!r} has an invalid port.") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if parts.scheme not in ("http", "https") or not parts.hostname or not _HOSTNAME.match(parts.hostname):
         raise ValueError(f"Connection host {raw!r} is not an http(s) URL such as {DEFAULT_BASE_URL}.")
     if parts.query or parts.fragment or parts.username:
         raise ValueError(f"Connection host {raw!r} must not hold credentials, a query or a fragment.")
@@ -395,7 +402,7 @@ def is_retryable(method: str, attempt: Attempt) -> bool:
     failed before sending, 429, 503).
     """
     code = attempt.status_code
-    if attempt.ok or attempt.failure == "tls" or (code is not None and code in NEVER_RETRIED):
+    if attempt.ok or attempt.failure in ("tls", "local") or (code is not None and code in NEVER_RETRIED):
         return False
     if method.upper() == "GET":
         return attempt.failure in ("connect", "read_timeout", "connection_lost", "bad_body") or (
@@ -437,7 +444,7 @@ def error_kind(method: str, attempt: Attempt) -> ErrorKind:
     if code == 429:
         return "rate_limit"
     # A submission that reached the server and whose answer was lost or broken may have been taken.
-    lost_answer = code is None and attempt.failure != "connect"
+    lost_answer = code is None and attempt.failure not in ("connect", "local", "tls")
     broken_answer = attempt.failure == "bad_body" or ((code or 0) >= 500 and code != 503)
     if method.upper() == "POST" and (lost_answer or broken_answer):
         return "ambiguous_submit"

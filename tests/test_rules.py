@@ -242,6 +242,7 @@ READ_TIMEOUT = Attempt(failure="read_timeout")
 LOST = Attempt(failure="connection_lost")
 BAD_BODY = Attempt(failure="bad_body", status_code=200)
 TLS = Attempt(failure="tls")
+LOCAL = Attempt(failure="local")
 
 
 def http(code: int, retry_after: float | None = None) -> Attempt:
@@ -264,6 +265,8 @@ def http(code: int, retry_after: float | None = None) -> Attempt:
         ("GET", http(403), False),
         ("GET", http(404), False),
         ("GET", TLS, False),
+        ("GET", LOCAL, False),
+        ("POST", LOCAL, False),
         ("POST", CONNECT, True),
         ("POST", http(429), True),
         ("POST", http(503), True),
@@ -313,6 +316,8 @@ def test_retry_after_is_honoured_and_capped() -> None:
         ("POST", http(400), "request"),
         ("POST", http(402), "request"),
         ("GET", TLS, "tls"),
+        ("POST", TLS, "tls"),
+        ("POST", LOCAL, "request"),
     ],
 )
 def test_error_kind(method: str, attempt: Attempt, kind: str) -> None:

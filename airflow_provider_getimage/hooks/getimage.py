@@ -53,6 +53,8 @@ __all__ = [
 CONN_TYPE = "getimage"
 DEFAULT_CONN_ID = "getimage_default"
 HOOK_NAME = "GetImage.io"
+MIN_SCRUBBED_KEY = 6
+"""Shorter keys are not scrubbed from messages: replacing every "k" would garble them, not hide one."""
 
 _ERROR_CLASSES: dict[_rules.ErrorKind, type[GetImageError]] = {
     "auth": GetImageAuthError,
@@ -120,7 +122,8 @@ def _error_for(
         message += f". Check the API key in connection {settings.conn_id!r}."
     elif kind == "tls":
         message += ". Set the connection extra 'verify' to the CA bundle of this server."
-    message = message.replace(settings.api_key, "***")
+    if len(settings.api_key) >= MIN_SCRUBBED_KEY:
+        message = message.replace(settings.api_key, "***")
     is_diffusion = path.startswith(_rules.DIFFUSIONS_PATH + "/")
     diffusion_id = unquote(path.rsplit("/", 1)[-1]) if is_diffusion else None
     return _ERROR_CLASSES[kind](
@@ -141,6 +144,8 @@ def _requests_failure(exc: requests.RequestException) -> Failure:
     """Map a requests error to a ``Failure``: did the request provably never leave?"""
     if isinstance(exc, requests.exceptions.SSLError):
         return "tls"
+    if isinstance(exc, ValueError):  # InvalidURL, InvalidHeader, MissingSchema: never sent
+        return "local"
     if isinstance(exc, requests.exceptions.ConnectTimeout):
         return "connect"
     if isinstance(exc, requests.exceptions.ReadTimeout):
