@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 DEFAULT_BASE_URL = "https://api.getimage.io"
+DEFAULT_CONN_ID = "getimage_default"
 DEFAULT_MODEL = "midjourney"
 DIFFUSIONS_PATH = "/v1/diffusions"
 DEFAULT_REQUEST_TIMEOUT = 30.0

@@ -91,3 +91,16 @@ def test_emulator_never_imports_the_rules() -> None:
         "sys.exit('airflow_provider_getimage._rules' in sys.modules or 'airflow' in sys.modules)\n"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_trigger_module_is_light_for_the_triggerer_loop() -> None:
+    """The triggerer imports a trigger's module on its event loop: the hooks load later, in a thread."""
+    code = (
+        "import sys, airflow.triggers.base\n"
+        "import airflow_provider_getimage.triggers.getimage\n"
+        "heavy = ['airflow_provider_getimage.hooks.getimage', 'airflow.providers.http.hooks.http']\n"
+        "heavy = [m for m in heavy if m in sys.modules]\n"
+        "sys.exit(str(heavy) if heavy else 0)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

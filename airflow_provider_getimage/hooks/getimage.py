@@ -33,6 +33,7 @@ from airflow_provider_getimage.exceptions import (
     GetImageSubmitUncertainError,
     GetImageTimeoutError,
 )
+from airflow_provider_getimage.polling import diffusion_failed, poll_error, read_poll
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -51,7 +52,7 @@ __all__ = [
 ]
 
 CONN_TYPE = "getimage"
-DEFAULT_CONN_ID = "getimage_default"
+DEFAULT_CONN_ID = _rules.DEFAULT_CONN_ID
 HOOK_NAME = "GetImage.io"
 MIN_SCRUBBED_KEY = 6
 """Shorter keys are not scrubbed from messages: replacing every "k" would garble them, not hide one."""
@@ -537,63 +538,3 @@ class GetImageAsyncHook(_HookMixin, HttpAsyncHook):
         """The current record of a diffusion (``status``; ``images`` once FINISHED)."""
         diffusion_id = _rules.check_diffusion_id(diffusion_id)
         return await self._request("GET", _rules.diffusion_path(diffusion_id))
-
-
-@dataclass(frozen=True)
-class Poll:
-    """What one poll came to: the classified status and the record (empty when there was none)."""
-
-    outcome: _rules.Classification
-    record: dict[str, Any]
-
-
-def poll_error(log: Any, diffusion_id: str, error: GetImageError) -> Poll:
-    """
-    Judge a poll that failed after the hook's retries: the same way for the worker, sensor, trigger.
-
-    A transient error (network, 5xx, 429) counts as still running, so an outage never ends a
-    wait of minutes; any other error (a refused key, an unknown id) is raised again.
-    """
-    if not error.transient:
-        raise error
-    log.warning("Diffusion %s: poll failed, will poll again: %s", diffusion_id, error)
-    return Poll("running", {})
-
-
-def read_poll(
-    log: Any, diffusion_id: str, record: dict[str, Any], watch: _rules.StatusWatch, elapsed: float
-) -> Poll:
-    """
-    Interpret one polled record, the same way for the worker's wait, the sensor and the trigger.
-
-    A status change is logged once (INFO), an unknown status once (WARNING), each poll at DEBUG.
-    """
-    status = record.get("status")
-    previous = watch.last
-    changed, newly_unknown = watch.observe(status)
-    if newly_unknown:
-        log.warning(
-            "Diffusion %s reports status %r, which this provider does not know; treating it as running.",
-            diffusion_id,
-            status,
-        )
-    if changed:
-        log.info(
-            "Diffusion %s: %s -> %s (%.1f s elapsed)",
-            diffusion_id,
-            previous or "submitted",
-            watch.last,
-            elapsed,
-        )
-    else:
-        log.debug("Diffusion %s still %s (%.1f s elapsed)", diffusion_id, watch.last, elapsed)
-    return Poll(_rules.classify(status), record)
-
-
-def diffusion_failed(diffusion_id: str, record: Mapping[str, Any]) -> GetImageDiffusionFailed:
-    """The error for a diffusion that ended in a terminal failure status."""
-    status, reason = record.get("status"), _rules.failure_message(record)
-    return GetImageDiffusionFailed(
-        f"Diffusion {diffusion_id} ended with status {status}: {reason}",
-        diffusion_id=diffusion_id,
-    )

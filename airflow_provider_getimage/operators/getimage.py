@@ -10,8 +10,9 @@ from airflow.providers.common.compat.sdk import BaseOperator, ResumableJobMixin,
 
 from airflow_provider_getimage import _rules
 from airflow_provider_getimage.exceptions import GetImageError, GetImageNotFoundError
-from airflow_provider_getimage.hooks.getimage import DEFAULT_CONN_ID, GetImageHook, diffusion_failed
+from airflow_provider_getimage.hooks.getimage import GetImageHook
 from airflow_provider_getimage.links.getimage import GetImageImagesLink
+from airflow_provider_getimage.polling import diffusion_failed, poll_error, read_poll
 from airflow_provider_getimage.triggers.getimage import GetImageDiffusionTrigger, result_from_event
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ class GetImageDiffusionOperator(ResumableJobMixin, BaseOperator):
         prompt: str,
         model: str | None = _rules.DEFAULT_MODEL,
         parameters: dict[str, Any] | None = None,
-        getimage_conn_id: str = DEFAULT_CONN_ID,
+        getimage_conn_id: str = _rules.DEFAULT_CONN_ID,
         wait_for_completion: bool = True,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poll_interval: float = _rules.DEFAULT_POLL_INTERVAL,
@@ -157,8 +158,9 @@ class GetImageDiffusionOperator(ResumableJobMixin, BaseOperator):
         """
         diffusion_id = str(external_id)
         context["ti"].xcom_push(key="diffusion_id", value=diffusion_id)
+        # The latest record known so far; the final one replaces it when the diffusion finishes.
+        context["ti"].xcom_push(key="diffusion", value=self._submission or {"id": diffusion_id})
         if not self.wait_for_completion:
-            context["ti"].xcom_push(key="diffusion", value=self._submission or {"id": diffusion_id})
             self._result = diffusion_id
             return diffusion_id
         if self.deferrable:
@@ -181,17 +183,15 @@ class GetImageDiffusionOperator(ResumableJobMixin, BaseOperator):
     def _check_then_defer(self, diffusion_id: str, end_time: float) -> dict[str, Any]:
         """Check once (a quick generation needs no triggerer): the finished record, or defer."""
         try:
-            current = self.hook.get_diffusion(diffusion_id)
+            poll = read_poll(
+                self.log, diffusion_id, self.hook.get_diffusion(diffusion_id), _rules.StatusWatch(), 0
+            )
         except GetImageError as err:
-            if not err.transient:
-                raise
-            self.log.warning("Diffusion %s: first check failed, deferring anyway: %s", diffusion_id, err)
-        else:
-            outcome = _rules.classify(current.get("status"))
-            if outcome == "failed":
-                raise diffusion_failed(diffusion_id, current)
-            if outcome == "success":
-                return current
+            poll = poll_error(self.log, diffusion_id, err)  # an outage: the trigger will poll through it
+        if poll.outcome == "failed":
+            raise diffusion_failed(diffusion_id, poll.record)
+        if poll.outcome == "success":
+            return poll.record
         self.log.info("Deferring: diffusion %s is waited for in the triggerer", diffusion_id)
         self.defer(
             trigger=GetImageDiffusionTrigger(

@@ -17,15 +17,10 @@ from airflow.providers.common.compat.sdk import (
 
 from airflow_provider_getimage import _rules
 from airflow_provider_getimage.exceptions import GetImageError, GetImageTimeoutError
-from airflow_provider_getimage.hooks.getimage import (
-    DEFAULT_CONN_ID,
-    GetImageHook,
-    diffusion_failed,
-    poll_error,
-    read_poll,
-)
+from airflow_provider_getimage.hooks.getimage import GetImageHook
 from airflow_provider_getimage.links.getimage import GetImageImagesLink
 from airflow_provider_getimage.operators.getimage import push_finished
+from airflow_provider_getimage.polling import diffusion_failed, poll_error, read_poll
 from airflow_provider_getimage.triggers.getimage import GetImageDiffusionTrigger, result_from_event
 
 if TYPE_CHECKING:
@@ -59,7 +54,7 @@ class GetImageDiffusionSensor(BaseSensorOperator):
         self,
         *,
         diffusion_id: str,
-        getimage_conn_id: str = DEFAULT_CONN_ID,
+        getimage_conn_id: str = _rules.DEFAULT_CONN_ID,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
     ) -> None:
@@ -69,6 +64,7 @@ class GetImageDiffusionSensor(BaseSensorOperator):
         self.getimage_conn_id = getimage_conn_id
         self.deferrable = deferrable
         self._watch = _rules.StatusWatch()
+        self._last_record: dict[str, Any] = {}
         self._started = time.monotonic()
 
     @cached_property
@@ -94,6 +90,7 @@ class GetImageDiffusionSensor(BaseSensorOperator):
         if poll.outcome == "failed":
             raise diffusion_failed(diffusion_id, poll.record)
         if poll.outcome == "running":
+            self._last_record = poll.record or self._last_record
             return PokeReturnValue(is_done=False)
         return PokeReturnValue(
             is_done=True, xcom_value=push_finished(context, self.log, diffusion_id, poll.record)
@@ -106,6 +103,8 @@ class GetImageDiffusionSensor(BaseSensorOperator):
             done = self.poke(context)  # a finished diffusion needs no triggerer
             if done.is_done:
                 return done.xcom_value
+            # The latest record, so the extra link has something to read while the task is deferred.
+            context["ti"].xcom_push(key="diffusion", value=self._last_record or {"id": self._diffusion_id()})
         finally:
             self.hook.close()
         timeout = self.timeout.total_seconds() if isinstance(self.timeout, timedelta) else float(self.timeout)

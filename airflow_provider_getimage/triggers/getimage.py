@@ -16,16 +16,12 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_getimage import _rules
 from airflow_provider_getimage.exceptions import GetImageError, GetImageTimeoutError
-from airflow_provider_getimage.hooks.getimage import (
-    DEFAULT_CONN_ID,
-    GetImageAsyncHook,
-    diffusion_failed,
-    poll_error,
-    read_poll,
-)
+from airflow_provider_getimage.polling import diffusion_failed, poll_error, read_poll
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
+
+    from airflow_provider_getimage.hooks.getimage import GetImageAsyncHook
 
 __all__ = ["DiffusionEvent", "GetImageDiffusionTrigger", "result_from_event"]
 
@@ -58,7 +54,7 @@ class GetImageDiffusionTrigger(BaseTrigger):
     def __init__(
         self,
         diffusion_id: str,
-        getimage_conn_id: str = DEFAULT_CONN_ID,
+        getimage_conn_id: str = _rules.DEFAULT_CONN_ID,
         poll_interval: float = _rules.DEFAULT_POLL_INTERVAL,
         end_time: float | None = None,
     ) -> None:
@@ -93,7 +89,8 @@ class GetImageDiffusionTrigger(BaseTrigger):
         """Poll until an outcome; return the one event (so ``run`` can only yield once)."""
         started = time.monotonic()
         watch = _rules.StatusWatch()
-        async with GetImageAsyncHook(getimage_conn_id=self.getimage_conn_id) as hook:
+        hook_class = await asyncio.to_thread(_async_hook_class)
+        async with hook_class(getimage_conn_id=self.getimage_conn_id) as hook:
             while True:
                 event = await self._poll(hook, watch, time.monotonic() - started)
                 if event is not None:
@@ -126,6 +123,18 @@ class GetImageDiffusionTrigger(BaseTrigger):
         if poll.outcome == "failed":
             return self._event("failed", _rules.failure_message(poll.record), poll.record)
         return None
+
+
+def _async_hook_class() -> type[GetImageAsyncHook]:
+    """
+    Import the hook module (requests, aiohttp, the HTTP provider: about 0.15 s) in a thread.
+
+    The triggerer imports this module and starts ``run`` on its event loop; a heavy import there
+    would stall every other trigger, so this module keeps it out of its top-level imports.
+    """
+    from airflow_provider_getimage.hooks.getimage import GetImageAsyncHook
+
+    return GetImageAsyncHook
 
 
 def result_from_event(event: Mapping[str, Any] | None) -> dict[str, Any]:
