@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
 from airflow_provider_getimage.exceptions import GetImageDiffusionFailed, GetImageTimeoutError
 from airflow_provider_getimage.operators.getimage import GetImageDiffusionOperator
 from tests import dag_runs
+from tests.fakes import DictTaskStateStore, RecordingTI, task_context
 
 if TYPE_CHECKING:
     from airflow.sdk import DAG
@@ -175,36 +176,10 @@ def test_deferrable_default_follows_config(monkeypatch: pytest.MonkeyPatch) -> N
     assert GetImageDiffusionOperator(task_id="b", prompt="x", deferrable=True).deferrable is True
 
 
-class RecordingTI:
-    """The task instance's XCom push, for calling ``execute`` directly (no scheduler involved)."""
-
-    stats_tags: dict[str, str] = {}
-
-    def __init__(self) -> None:
-        self.pushed: dict[str, object] = {}
-
-    def xcom_push(self, key: str, value: object) -> None:
-        self.pushed[key] = value
-
-
-class DictTaskStateStore:
-    """Airflow 3.3's task state store survives a task's retries; a dict does here."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, object] = {}
-
-    def get(self, key: str, default: object = None) -> object:
-        return self.values.get(key, default)
-
-    def set(self, key: str, value: object, **_: object) -> None:
-        self.values[key] = value
-
-
 def try_once(operator: GetImageDiffusionOperator, store: DictTaskStateStore) -> tuple[object, RecordingTI]:
     """One try of the task: a fresh task instance (XComs are cleared on retry), the same store."""
     ti = RecordingTI()
-    context: Any = {"ti": ti, "task_state_store": store}
-    result = operator.execute(context)
+    result = operator.execute(task_context(ti, store))
     return result, ti
 
 
@@ -218,7 +193,7 @@ def test_retry_reconnects_to_a_running_diffusion(getimage_airflow_conn: Emulator
     retry = GetImageDiffusionOperator(task_id="gen", prompt="durable", poll_interval=0.05, timeout=10)
     urls, ti = try_once(retry, store)
     assert ti.pushed["diffusion_id"] == diffusion_id, "the retry pushed the same id again"
-    assert urls == ti.pushed["diffusion"]["images"]  # type: ignore[index]
+    assert urls == ti.pushed["diffusion"]["images"]
     assert getimage_airflow_conn.stats()["submissions"] == 1, "reconnected, not resubmitted"
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from airflow_provider_getimage.exceptions import GetImageError
 from airflow_provider_getimage.operators.getimage import GetImageDiffusionOperator
+from tests.fakes import RecordingTI, task_context
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -17,19 +18,8 @@ if TYPE_CHECKING:
     from airflow_provider_getimage.emulator import Emulator
 
 
-class RecordingTI:
-    stats_tags: dict[str, str] = {}
-
-    def __init__(self) -> None:
-        self.pushed: dict[str, object] = {}
-
-    def xcom_push(self, key: str, value: object) -> None:
-        self.pushed[key] = value
-
-
 def execute(operator: GetImageDiffusionOperator) -> Any:
-    context: Any = {"ti": RecordingTI()}
-    return operator.execute(context)
+    return operator.execute(task_context(RecordingTI()))
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from airflow_provider_getimage.emulator import Fault
 from airflow_provider_getimage.exceptions import GetImageAuthError, GetImageError
 from airflow_provider_getimage.hooks.getimage import GetImageHook
 from airflow_provider_getimage.operators.getimage import GetImageDiffusionOperator
+from tests.fakes import RecordingTI, task_context
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -42,24 +43,16 @@ def test_key_absent_from_logs_errors_and_xcom_through_faults(
         Fault(kind="drop", method="GET", times=2),
         Fault(kind="status", status=500, method="GET"),
     )
-    pushed: dict[str, object] = {}
-
-    class TI:
-        stats_tags: dict[str, str] = {}
-
-        def xcom_push(self, key: str, value: object) -> None:
-            pushed[key] = value
-
+    ti = RecordingTI()
     operator = GetImageDiffusionOperator(task_id="generate", prompt="a secret fox", poll_interval=0.05)
     operator.hook.retry_policy = FAST
-    context: object = {"ti": TI()}
-    urls = operator.execute(context)  # type: ignore[arg-type]
+    urls = operator.execute(task_context(ti))
     assert urls
     out = capfd.readouterr()
     assert "retry" in out.out, "the retries were logged"
     assert SECRET not in out.out + out.err
     assert SECRET not in caplog.text
-    assert SECRET not in json.dumps(pushed)
+    assert SECRET not in json.dumps(ti.pushed)
     rendered = {name: getattr(operator, name) for name in operator.template_fields}
     assert SECRET not in json.dumps(rendered)
 

@@ -9,6 +9,7 @@ import pytest
 
 from airflow_provider_getimage.sensors.getimage import GetImageDiffusionSensor
 from tests import dag_runs
+from tests.fakes import RecordingTI, task_context
 
 if TYPE_CHECKING:
     from airflow.sdk import DAG
@@ -52,16 +53,6 @@ def test_diffusion_id_is_templated() -> None:
     assert "getimage_conn_id" in GetImageDiffusionSensor.template_fields
 
 
-class RecordingTI:
-    """Stands in for the task instance's XCom push when a sensor method is called directly."""
-
-    def __init__(self) -> None:
-        self.pushed: dict[str, object] = {}
-
-    def xcom_push(self, key: str, value: object) -> None:
-        self.pushed[key] = value
-
-
 def test_poke_keeps_waiting_through_an_outage(getimage_airflow_conn: Emulator) -> None:
     from airflow_provider_getimage._rules import RetryPolicy
     from airflow_provider_getimage.emulator import Fault
@@ -72,9 +63,9 @@ def test_poke_keeps_waiting_through_an_outage(getimage_airflow_conn: Emulator) -
     sensor.hook.retry_policy = RetryPolicy(max_attempts=2, backoff_base=0.01, backoff_max=0.02)
     getimage_airflow_conn.inject(Fault(kind="status", status=503, method="GET", times=2))
     ti = RecordingTI()
-    context = {"ti": ti}
-    assert sensor.poke(context).is_done is False, "a 503 outage is waited out, not a failure"  # type: ignore[arg-type]
+    context = task_context(ti)
+    assert sensor.poke(context).is_done is False, "a 503 outage is waited out, not a failure"
     time.sleep(0.6)
-    done = sensor.poke(context)  # type: ignore[arg-type]
+    done = sensor.poke(context)
     assert done.is_done
-    assert done.xcom_value == ti.pushed["diffusion"]["images"]  # type: ignore[index]
+    assert done.xcom_value == ti.pushed["diffusion"]["images"]
