@@ -107,6 +107,24 @@ def settings_from_connection(
     )
 
 
+def _connection_type_info() -> dict[str, Any]:
+    """This provider's connection type as declared in its provider info (one source for the form)."""
+    from airflow_provider_getimage.get_provider_info import get_provider_info
+
+    (info,) = get_provider_info()["connection-types"]
+    return dict(info)
+
+
+def _warn_if_plain_http(log: Any, settings: ApiSettings) -> None:
+    """The key travels in a header: over plain http to another machine, anyone on the path reads it."""
+    if settings.base_url.startswith("http://") and not _rules.is_loopback(settings.base_url):
+        log.warning(
+            "Connection %s sends the API key over plain http to %s; use https.",
+            settings.conn_id,
+            settings.base_url,
+        )
+
+
 def _error_for(
     method: str, path: str, attempt: Attempt, attempts: int, settings: ApiSettings
 ) -> GetImageError:
@@ -211,22 +229,17 @@ class GetImageHook(_HookMixin, HttpHook):
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """The connection form: the key goes in the password field; login, schema, port are hidden."""
+        """The connection form for UIs that read it from the hook; the provider info is the source."""
+        behaviour = _connection_type_info()["ui-field-behaviour"]
         return {
-            "hidden_fields": ["login", "schema", "port"],
-            "relabeling": {"password": "API Key", "host": "Base URL"},
-            "placeholders": {
-                "host": _rules.DEFAULT_BASE_URL,
-                "password": "GetImage.io API key",
-                "default_model": _rules.DEFAULT_MODEL,
-                "request_timeout": str(int(_rules.DEFAULT_REQUEST_TIMEOUT)),
-                "verify": "true, false or /path/to/ca-bundle.pem",
-            },
+            "hidden_fields": list(behaviour["hidden-fields"]),
+            "relabeling": dict(behaviour["relabeling"]),
+            "placeholders": dict(behaviour["placeholders"]),
         }
 
     @classmethod
     def get_connection_form_widgets(cls) -> dict[str, Any]:
-        """Extra fields of the connection form, for UIs that still read them from the hook."""
+        """Extra fields of the connection form (the provider info's ``conn-fields``), for older UIs."""
         from wtforms import StringField
         from wtforms.validators import Optional
 
@@ -236,12 +249,12 @@ class GetImageHook(_HookMixin, HttpHook):
             widget: dict[str, Any] = {"widget": BS3TextFieldWidget()}
         except ImportError:
             widget = {}
+        fields = _connection_type_info()["conn-fields"]
         return {
-            "default_model": StringField("Default model", validators=[Optional()], **widget),
-            "request_timeout": StringField("Request timeout (seconds)", validators=[Optional()], **widget),
-            "verify": StringField(
-                "Verify TLS (true/false or CA bundle path)", validators=[Optional()], **widget
-            ),
+            name: StringField(
+                field["label"], description=field.get("description", ""), validators=[Optional()], **widget
+            )
+            for name, field in fields.items()
         }
 
     # ---------------------------------------------------------------------------- connection
@@ -253,14 +266,7 @@ class GetImageHook(_HookMixin, HttpHook):
             self._settings = settings_from_connection(
                 self.getimage_conn_id, conn.host, conn.port, conn.password, conn.extra_dejson
             )
-            if self._settings.base_url.startswith("http://") and not _rules.is_loopback(
-                self._settings.base_url
-            ):
-                self.log.warning(
-                    "Connection %s sends the API key over plain http to %s; use https.",
-                    self.getimage_conn_id,
-                    self._settings.base_url,
-                )
+            _warn_if_plain_http(self.log, self._settings)
         return self._settings
 
     def get_conn(
@@ -448,6 +454,7 @@ class GetImageAsyncHook(_HookMixin, HttpAsyncHook):
             settings = settings_from_connection(
                 self.getimage_conn_id, conn.host, conn.port, conn.password, extra
             )
+            _warn_if_plain_http(self.log, settings)
             if isinstance(settings.verify, str):
                 # Reading a CA bundle is disk I/O: keep it off the event loop.
                 self._ssl = await asyncio.to_thread(ssl.create_default_context, cafile=settings.verify)

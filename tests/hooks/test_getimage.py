@@ -324,8 +324,11 @@ def test_form_metadata_on_hook() -> None:
     behaviour = GetImageHook.get_ui_field_behaviour()
     assert set(behaviour["hidden_fields"]) == {"login", "schema", "port"}
     assert behaviour["relabeling"]["password"] == "API Key"
+    assert behaviour["placeholders"]["host"] == "https://api.getimage.io"
     pytest.importorskip("wtforms", reason="the hook's form widgets need wtforms (a dev dependency)")
-    assert set(GetImageHook.get_connection_form_widgets()) == {"default_model", "request_timeout", "verify"}
+    widgets = GetImageHook.get_connection_form_widgets()
+    assert set(widgets) == {"default_model", "request_timeout", "verify"}
+    assert widgets["verify"].args[0] == "Verify TLS"
 
 
 # ------------------------------------------------------------------------------------- async

@@ -96,3 +96,17 @@ def test_settings_repr_hides_the_key(secret_emulator: Emulator) -> None:
     settings = GetImageHook().settings
     assert SECRET not in repr(settings)
     assert settings.api_key == SECRET
+
+
+async def test_plain_http_warning_on_the_async_hook_too(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from airflow_provider_getimage.hooks.getimage import GetImageAsyncHook
+
+    conn = {"conn_type": "getimage", "host": "http://api.example.com", "password": SECRET}
+    monkeypatch.setenv("AIRFLOW_CONN_GETIMAGE_DEFAULT", json.dumps(conn))
+    async with GetImageAsyncHook() as hook:
+        await hook.get_settings()
+    out = capfd.readouterr().out
+    assert "over plain http" in out
+    assert SECRET not in out
