@@ -13,6 +13,7 @@ import random
 import ssl
 import time
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
@@ -54,6 +55,10 @@ __all__ = [
 CONN_TYPE = "getimage"
 DEFAULT_CONN_ID = _rules.DEFAULT_CONN_ID
 HOOK_NAME = "GetImage.io"
+POOL_SIZE = 100
+"""Most connections one shared async session keeps open to the API (aiohttp's own default)."""
+POOL_WAIT_TIMEOUT = 60.0
+"""Seconds a request may wait for a free pooled connection plus connecting, when thousands poll."""
 MIN_SCRUBBED_KEY = 6
 """Shorter keys are not scrubbed from messages: replacing every "k" would garble them, not hide one."""
 
@@ -419,12 +424,88 @@ class GetImageHook(_HookMixin, HttpHook):
         return True, f"Connected to {self.settings.base_url}: the API key was accepted."
 
 
+@dataclass
+class _Lease:
+    session: aiohttp.ClientSession
+    users: int = 0
+
+
+class _SharedSessions:
+    """
+    One aiohttp session per event loop and connection, shared by every async hook on that loop.
+
+    A triggerer runs all its triggers on one event loop: a thousand deferred tasks of one
+    connection then share one keep-alive pool of at most ``POOL_SIZE`` connections, instead of a
+    TCP and TLS handshake per trigger (or, as in ``HttpSensorTrigger``, per poll). The first user
+    creates the session, the last one to release it closes it.
+    """
+
+    def __init__(self) -> None:
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[ApiSettings, _Lease]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def _leases(self) -> dict[ApiSettings, _Lease]:
+        return self._by_loop.setdefault(asyncio.get_running_loop(), {})
+
+    async def acquire(self, settings: ApiSettings) -> aiohttp.ClientSession:
+        lease = self._leases().get(settings)
+        if lease is None or lease.session.closed:
+            ssl_setting = await _ssl_setting(settings)
+            lease = self._leases().get(settings)  # another hook may have made it meanwhile
+            if lease is None or lease.session.closed:
+                lease = _Lease(_new_session(settings, ssl_setting))
+                self._leases()[settings] = lease
+        lease.users += 1
+        return lease.session
+
+    async def release(self, settings: ApiSettings) -> None:
+        leases = self._leases()
+        lease = leases.get(settings)
+        if lease is None:
+            return
+        lease.users -= 1
+        if lease.users <= 0:
+            del leases[settings]
+            await lease.session.close()
+
+    def users(self, settings: ApiSettings) -> int:
+        """How many hooks on the running loop hold the session of these settings (0 when none)."""
+        lease = self._leases().get(settings)
+        return 0 if lease is None else lease.users
+
+
+async def _ssl_setting(settings: ApiSettings) -> bool | ssl.SSLContext:
+    """aiohttp's ``ssl``: on, off, or a context for a CA bundle (read off the event loop: disk I/O)."""
+    if isinstance(settings.verify, str):
+        return await asyncio.to_thread(ssl.create_default_context, cafile=settings.verify)
+    return settings.verify
+
+
+def _new_session(settings: ApiSettings, ssl_setting: bool | ssl.SSLContext) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=POOL_SIZE, ssl=ssl_setting),
+        headers=_rules.headers(settings.api_key),
+        # ``connect`` covers waiting for a pooled connection; ``sock_connect`` the TCP connect itself.
+        timeout=aiohttp.ClientTimeout(
+            total=None,
+            connect=POOL_WAIT_TIMEOUT,
+            sock_connect=_rules.CONNECT_TIMEOUT,
+            sock_read=settings.timeout,
+        ),
+    )
+
+
+SHARED_SESSIONS = _SharedSessions()
+
+
 class GetImageAsyncHook(_HookMixin, HttpAsyncHook):
     """
     Talk to GetImage.io from an event loop (triggers), with no blocking call.
 
-    The connection is read with the compat provider's async helpers, once per hook; one aiohttp
-    session (keep-alive) serves every request of the hook until ``close()``.
+    The connection is read with the compat provider's async helpers, once per hook. Requests go
+    through the event loop's shared session for the connection (``SHARED_SESSIONS``), leased on
+    first use and given back by ``close()`` (or ``async with``).
 
     :param getimage_conn_id: the connection holding the API key (password) and base URL (host).
     :param retry_policy: how hard to retry; the default suits the public API.
@@ -438,7 +519,6 @@ class GetImageAsyncHook(_HookMixin, HttpAsyncHook):
         self.retry_policy = retry_policy or RetryPolicy()
         self._settings: ApiSettings | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._ssl: bool | ssl.SSLContext = True
         self._random = random.Random()
 
     async def get_settings(self) -> ApiSettings:
@@ -455,11 +535,6 @@ class GetImageAsyncHook(_HookMixin, HttpAsyncHook):
                 self.getimage_conn_id, conn.host, conn.port, conn.password, extra
             )
             _warn_if_plain_http(self.log, settings)
-            if isinstance(settings.verify, str):
-                # Reading a CA bundle is disk I/O: keep it off the event loop.
-                self._ssl = await asyncio.to_thread(ssl.create_default_context, cafile=settings.verify)
-            else:
-                self._ssl = settings.verify
             self._settings = settings
         return self._settings
 
@@ -469,21 +544,16 @@ class GetImageAsyncHook(_HookMixin, HttpAsyncHook):
         return SessionConfig(base_url=settings.base_url, headers=_rules.headers(settings.api_key))
 
     async def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            settings = await self.get_settings()
-            self._session = aiohttp.ClientSession(
-                headers=_rules.headers(settings.api_key),
-                timeout=aiohttp.ClientTimeout(
-                    total=None, connect=_rules.CONNECT_TIMEOUT, sock_read=settings.timeout
-                ),
-            )
+        """This loop's shared session for the connection, leased once per hook."""
+        if self._session is None:
+            self._session = await SHARED_SESSIONS.acquire(await self.get_settings())
         return self._session
 
     async def close(self) -> None:
-        """Close the session and its pooled connections."""
-        if self._session is not None:
-            await self._session.close()
+        """Give the shared session back; the last hook to do so closes it."""
+        if self._session is not None and self._settings is not None:
             self._session = None
+            await SHARED_SESSIONS.release(self._settings)
 
     async def __aenter__(self) -> GetImageAsyncHook:
         return self
@@ -498,7 +568,7 @@ class GetImageAsyncHook(_HookMixin, HttpAsyncHook):
         settings = await self.get_settings()
         try:
             async with session.request(
-                method, settings.base_url + path, json=body, ssl=self._ssl, allow_redirects=False
+                method, settings.base_url + path, json=body, allow_redirects=False
             ) as response:
                 text = await response.text()
                 return _rules.read_response(response.status, text, response.headers.get("Retry-After"))

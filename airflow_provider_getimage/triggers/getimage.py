@@ -9,6 +9,7 @@ keeps the one deadline (``end_time``) itself, and yields exactly one event.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict
 
@@ -90,21 +91,29 @@ class GetImageDiffusionTrigger(BaseTrigger):
         started = time.monotonic()
         watch = _rules.StatusWatch()
         hook_class = await asyncio.to_thread(_async_hook_class)
+        # The first poll waits a random part of an interval: a thousand mapped tasks deferred at once
+        # then spread their polls instead of hitting the API (and the pool) in lockstep. The task
+        # checked the diffusion just before deferring, so this costs no detection time.
+        delay = random.uniform(0, self.poll_interval)
         async with hook_class(getimage_conn_id=self.getimage_conn_id) as hook:
             while True:
+                await asyncio.sleep(self._until_deadline(delay))
                 event = await self._poll(hook, watch, time.monotonic() - started)
                 if event is not None:
                     return event
-                remaining = None if self.end_time is None else self.end_time - time.time()
-                if remaining is not None and remaining <= 0:
+                if self._until_deadline(1.0) <= 0:
                     return self._event(
                         "timeout",
                         f"Diffusion {self.diffusion_id} was not finished by the deadline "
                         f"(last status {watch.last or 'unknown'}); it may still finish.",
                     )
-                await asyncio.sleep(
-                    self.poll_interval if remaining is None else min(self.poll_interval, remaining)
-                )
+                delay = self.poll_interval
+
+    def _until_deadline(self, seconds: float) -> float:
+        """``seconds``, cut short by the deadline (0 once it has passed)."""
+        if self.end_time is None:
+            return seconds
+        return max(0.0, min(seconds, self.end_time - time.time()))
 
     async def _poll(
         self, hook: GetImageAsyncHook, watch: _rules.StatusWatch, elapsed: float
