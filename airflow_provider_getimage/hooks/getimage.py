@@ -37,7 +37,7 @@ from airflow_provider_getimage.exceptions import (
 from airflow_provider_getimage.polling import diffusion_failed, poll_error, read_poll
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Awaitable, Callable, Mapping
     from types import TracebackType
 
 __all__ = [
@@ -426,63 +426,84 @@ class GetImageHook(_HookMixin, HttpHook):
 
 @dataclass
 class _Lease:
-    session: aiohttp.ClientSession
+    session: asyncio.Future[aiohttp.ClientSession]
     users: int = 0
+
+
+@dataclass
+class _LoopState:
+    leases: dict[ApiSettings, _Lease] = field(default_factory=dict)
+    settings: dict[str, asyncio.Future[ApiSettings]] = field(default_factory=dict)
 
 
 class _SharedSessions:
     """
-    One aiohttp session per event loop and connection, shared by every async hook on that loop.
+    One connection lookup and one aiohttp session per event loop and connection, for all hooks.
 
     A triggerer runs all its triggers on one event loop: a thousand deferred tasks of one
     connection then share one keep-alive pool of at most ``POOL_SIZE`` connections, instead of a
-    TCP and TLS handshake per trigger (or, as in ``HttpSensorTrigger``, per poll). The first user
-    creates the session, the last one to release it closes it.
+    TCP and TLS handshake per trigger (or, as in ``HttpSensorTrigger``, per poll), and one
+    connection lookup instead of a thousand (Airflow's async lookup costs about 0.5 ms of CPU and
+    passes through one worker thread). Concurrent first users wait for the same lookup and the
+    same session. The last user to release the session closes it and forgets the lookup, so an
+    edited connection is read again by the next trigger.
     """
 
     def __init__(self) -> None:
-        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[ApiSettings, _Lease]] = (
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
             weakref.WeakKeyDictionary()
         )
 
-    def _leases(self) -> dict[ApiSettings, _Lease]:
-        return self._by_loop.setdefault(asyncio.get_running_loop(), {})
+    def _state(self) -> _LoopState:
+        return self._by_loop.setdefault(asyncio.get_running_loop(), _LoopState())
+
+    async def settings(self, conn_id: str, lookup: Callable[[], Awaitable[ApiSettings]]) -> ApiSettings:
+        """The connection's settings, looked up once for every hook on this loop."""
+        cache = self._state().settings
+        pending = cache.get(conn_id)
+        if pending is None:
+            pending = cache[conn_id] = asyncio.ensure_future(lookup())
+            pending.add_done_callback(lambda done: _forget_failure(cache, conn_id, done))
+        return await asyncio.shield(pending)
 
     async def acquire(self, settings: ApiSettings) -> aiohttp.ClientSession:
-        lease = self._leases().get(settings)
-        if lease is None or lease.session.closed:
-            ssl_setting = await _ssl_setting(settings)
-            lease = self._leases().get(settings)  # another hook may have made it meanwhile
-            if lease is None or lease.session.closed:
-                lease = _Lease(_new_session(settings, ssl_setting))
-                self._leases()[settings] = lease
+        leases = self._state().leases
+        lease = leases.get(settings)
+        if lease is None or (lease.session.done() and lease.session.result().closed):
+            lease = leases[settings] = _Lease(asyncio.ensure_future(_new_session(settings)))
         lease.users += 1
-        return lease.session
+        return await asyncio.shield(lease.session)
 
     async def release(self, settings: ApiSettings) -> None:
-        leases = self._leases()
-        lease = leases.get(settings)
+        state = self._state()
+        lease = state.leases.get(settings)
         if lease is None:
             return
         lease.users -= 1
         if lease.users <= 0:
-            del leases[settings]
-            await lease.session.close()
+            del state.leases[settings]
+            state.settings.pop(settings.conn_id, None)
+            await (await lease.session).close()
 
     def users(self, settings: ApiSettings) -> int:
         """How many hooks on the running loop hold the session of these settings (0 when none)."""
-        lease = self._leases().get(settings)
+        lease = self._state().leases.get(settings)
         return 0 if lease is None else lease.users
 
 
-async def _ssl_setting(settings: ApiSettings) -> bool | ssl.SSLContext:
-    """aiohttp's ``ssl``: on, off, or a context for a CA bundle (read off the event loop: disk I/O)."""
+def _forget_failure(
+    cache: dict[str, asyncio.Future[ApiSettings]], conn_id: str, done: asyncio.Future[Any]
+) -> None:
+    """A failed lookup is not cached: the next hook tries again (the connection may be fixed)."""
+    if (done.cancelled() or done.exception() is not None) and cache.get(conn_id) is done:
+        del cache[conn_id]
+
+
+async def _new_session(settings: ApiSettings) -> aiohttp.ClientSession:
+    """A session for one connection; a CA bundle is read off the event loop (disk I/O)."""
+    ssl_setting: bool | ssl.SSLContext = settings.verify if isinstance(settings.verify, bool) else True
     if isinstance(settings.verify, str):
-        return await asyncio.to_thread(ssl.create_default_context, cafile=settings.verify)
-    return settings.verify
-
-
-def _new_session(settings: ApiSettings, ssl_setting: bool | ssl.SSLContext) -> aiohttp.ClientSession:
+        ssl_setting = await asyncio.to_thread(ssl.create_default_context, cafile=settings.verify)
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=POOL_SIZE, ssl=ssl_setting),
         headers=_rules.headers(settings.api_key),
@@ -522,21 +543,19 @@ class GetImageAsyncHook(_HookMixin, HttpAsyncHook):
         self._random = random.Random()
 
     async def get_settings(self) -> ApiSettings:
-        """The connection's settings, fetched asynchronously once per hook."""
+        """The connection's settings: one asynchronous lookup per event loop, shared by its hooks."""
         if self._settings is None:
-            from airflow.providers.common.compat.connection import (
-                get_async_connection,
-                get_async_extra_dejson,
-            )
-
-            conn = await get_async_connection(self.getimage_conn_id, hook=self)
-            extra = await get_async_extra_dejson(conn)
-            settings = settings_from_connection(
-                self.getimage_conn_id, conn.host, conn.port, conn.password, extra
-            )
-            _warn_if_plain_http(self.log, settings)
-            self._settings = settings
+            self._settings = await SHARED_SESSIONS.settings(self.getimage_conn_id, self._lookup_settings)
         return self._settings
+
+    async def _lookup_settings(self) -> ApiSettings:
+        from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
+
+        conn = await get_async_connection(self.getimage_conn_id, hook=self)
+        extra = await get_async_extra_dejson(conn)
+        settings = settings_from_connection(self.getimage_conn_id, conn.host, conn.port, conn.password, extra)
+        _warn_if_plain_http(self.log, settings)
+        return settings
 
     async def config(self) -> SessionConfig:
         """``HttpAsyncHook``'s session config, from this provider's connection rules."""

@@ -7,6 +7,7 @@ import json
 import time
 from typing import TYPE_CHECKING
 
+import pytest
 import requests
 
 from airflow_provider_getimage.emulator import Fault
@@ -14,8 +15,6 @@ from airflow_provider_getimage.hooks.getimage import POOL_SIZE, SHARED_SESSIONS,
 from airflow_provider_getimage.triggers.getimage import GetImageDiffusionTrigger
 
 if TYPE_CHECKING:
-    import pytest
-
     from airflow_provider_getimage.emulator import Emulator
 
 
@@ -109,3 +108,41 @@ async def test_a_broken_pooled_connection_is_replaced(getimage_airflow_conn: Emu
 def test_the_trigger_keeps_no_session_in_its_kwargs() -> None:
     _, kwargs = GetImageDiffusionTrigger("d-1", poll_interval=1).serialize()
     assert "session" not in json.dumps(kwargs)
+
+
+async def test_concurrent_hooks_look_the_connection_up_once(
+    getimage_airflow_conn: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lookups = 0
+    real_lookup = GetImageAsyncHook._lookup_settings
+
+    async def counting_lookup(self: GetImageAsyncHook) -> object:
+        nonlocal lookups
+        lookups += 1
+        return await real_lookup(self)
+
+    monkeypatch.setattr(GetImageAsyncHook, "_lookup_settings", counting_lookup)
+    diffusion_id = submit(getimage_airflow_conn, "one lookup")
+    hooks = [GetImageAsyncHook() for _ in range(20)]
+    await asyncio.gather(*(hook.get_diffusion(diffusion_id) for hook in hooks))
+    assert lookups == 1
+    assert len({id(hook._session) for hook in hooks}) == 1
+    for hook in hooks:
+        await hook.close()
+    async with GetImageAsyncHook() as again:  # released by all: the next user reads it anew
+        await again.get_diffusion(diffusion_id)
+    assert lookups == 2
+
+
+async def test_a_failed_lookup_is_not_cached(
+    monkeypatch: pytest.MonkeyPatch, getimage_emulator: Emulator
+) -> None:
+    from airflow_provider_getimage.exceptions import GetImageError
+
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_GETIMAGE_DEFAULT", '{"conn_type": "getimage", "host": "http://127.0.0.1:1"}'
+    )
+    with pytest.raises(GetImageError, match="no API key"):
+        await GetImageAsyncHook().get_settings()
+    monkeypatch.setenv("AIRFLOW_CONN_GETIMAGE_DEFAULT", getimage_emulator.airflow_connection())
+    assert (await GetImageAsyncHook().get_settings()).base_url == getimage_emulator.url
