@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
 import time
 from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict
 
@@ -90,7 +91,11 @@ class GetImageDiffusionTrigger(BaseTrigger):
         """Poll until an outcome; return the one event (so ``run`` can only yield once)."""
         started = time.monotonic()
         watch = _rules.StatusWatch()
-        hook_class = await asyncio.to_thread(_async_hook_class)
+        hook_class = (
+            _async_hook_class()
+            if _HOOKS_MODULE in sys.modules
+            else await asyncio.to_thread(_async_hook_class)
+        )
         # The first poll waits a random part of an interval: a thousand mapped tasks deferred at once
         # then spread their polls instead of hitting the API (and the pool) in lockstep. The task
         # checked the diffusion just before deferring, so this costs no detection time.
@@ -134,12 +139,16 @@ class GetImageDiffusionTrigger(BaseTrigger):
         return None
 
 
+_HOOKS_MODULE = "airflow_provider_getimage.hooks.getimage"
+
+
 def _async_hook_class() -> type[GetImageAsyncHook]:
     """
     Import the hook module (requests, aiohttp, the HTTP provider: about 0.15 s) in a thread.
 
     The triggerer imports this module and starts ``run`` on its event loop; a heavy import there
-    would stall every other trigger, so this module keeps it out of its top-level imports.
+    would stall every other trigger, so this module keeps it out of its top-level imports (and
+    once it is loaded, the thread hop is skipped).
     """
     from airflow_provider_getimage.hooks.getimage import GetImageAsyncHook
 
