@@ -5,8 +5,8 @@ A real Airflow 3 deployment run as subprocesses, for end-to-end tests.
 only (SPEC 7), so it cannot show what a user's deployment does: a task leaving its worker while
 deferred, a trigger running in the triggerer, a triggerer dying and another taking over.
 :class:`AirflowDeployment` starts the real thing (``api-server``, ``scheduler``,
-``dag-processor``, ``triggerer``; LocalExecutor; sqlite) in a throw-away ``AIRFLOW_HOME`` and
-reads the metadata database directly (read-only sqlite) to observe it::
+``dag-processor``, ``triggerer``; LocalExecutor; sqlite, or PostgreSQL with ``database_url``) in a
+throw-away ``AIRFLOW_HOME`` and reads the metadata database directly to observe it::
 
     with AirflowDeployment(extra_env=emulator.airflow_env()) as airflow:
         airflow.wait_until_parsed("example_getimage")
@@ -27,6 +27,7 @@ import atexit
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -37,22 +38,29 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import psutil
+import psycopg2
+import psycopg2.extras
 import requests
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Iterable, Iterator, Mapping
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_DAGS = REPO / "example_dags"
 AIRFLOW_BIN = Path(sys.executable).with_name("airflow")
 
-#: The long-running components, in start order.
+#: The long-running components, in start order. More triggerers (HA) are named ``triggerer-2`` etc.
 COMPONENTS: tuple[str, ...] = ("api-server", "scheduler", "dag-processor", "triggerer")
+EXTRA_TRIGGERER = re.compile(r"triggerer-[2-9]")
+#: What a read of the metadata database raises while Airflow migrates or holds a lock: try again.
+DB_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, psycopg2.Error)
 TERMINAL_RUN_STATES = frozenset({"success", "failed"})
 POLL_INTERVAL = 0.5
 #: Seconds to wait after each SIGTERM; some scheduler shutdowns ignore the first one (SPEC 8).
@@ -65,11 +73,55 @@ class DeploymentError(RuntimeError):
     """The deployment did not do what a test waited for; the message carries the evidence."""
 
 
+class DatabaseUnavailable(DeploymentError):
+    """The PostgreSQL server a test needs does not answer (a test skips on this, it does not fail)."""
+
+
 def free_port() -> int:
     """A TCP port free on loopback right now (the fixed defaults 8793/8794 clash between deployments)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _pg_connect(url: str, connect_timeout: int = 5) -> Any:
+    """A psycopg2 connection for a SQLAlchemy URL (``postgresql+psycopg2://`` -> ``postgresql://``)."""
+    parts = urlsplit(url)
+    dsn = urlunsplit(parts._replace(scheme="postgresql"))
+    return psycopg2.connect(dsn, connect_timeout=connect_timeout)
+
+
+@contextlib.contextmanager
+def postgres_database(
+    server_url: str = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres", prefix: str = "getimage_e2e"
+) -> Iterator[str]:
+    """
+    A fresh, empty PostgreSQL database for one deployment; dropped afterwards. Yields its URL.
+
+    ``server_url`` names a database to connect to for ``CREATE``/``DROP DATABASE`` (the server's
+    ``postgres``). The drop uses ``WITH (FORCE)`` (PostgreSQL 13+): a process killed in a test may
+    leave a session behind for a moment.
+
+    :raises DatabaseUnavailable: when the server does not answer, so a test can skip and say why.
+    """
+    name = f"{prefix}_{secrets.token_hex(6)}"
+    try:
+        admin = _pg_connect(server_url)
+    except psycopg2.OperationalError as exc:
+        where = urlsplit(server_url).netloc.rpartition("@")[2]
+        reason = " ".join(str(exc).split())
+        raise DatabaseUnavailable(f"PostgreSQL not reachable at {where}: {reason}") from exc
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+        finally:
+            with admin.cursor() as cursor:
+                cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        admin.close()
 
 
 #: Run by a watchdog process: when the test process dies without stopping the deployment (SIGKILL,
@@ -98,6 +150,11 @@ if home:
 """
 
 
+def _title(proc: psutil.Process) -> str:
+    """A process's title as ``ps`` shows it: ``setproctitle`` pads ``cmdline()`` with empty entries."""
+    return " ".join(part for part in proc.cmdline() if part)
+
+
 def _fernet_key() -> str:
     from cryptography.fernet import Fernet
 
@@ -111,6 +168,7 @@ class Component:
     name: str
     argv: list[str]
     log_path: Path
+    env: dict[str, str]
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
     #: Every process seen under this component (its group leader and descendants), to kill by PID.
@@ -143,6 +201,15 @@ class TriggerObservation:
     classpath: str
     kwargs: str  # as stored: plain JSON text (SPEC 8)
     triggerer_id: int | None
+
+
+@dataclass(frozen=True)
+class TaskProcesses:
+    """The two processes of one running try (see :meth:`AirflowDeployment.task_processes`)."""
+
+    ti_id: str  # task_instance.id: a new UUID for every try
+    supervisor: psutil.Process  # a LocalExecutor worker, titled "airflow worker -- LocalExecutor: <id>"
+    runner: psutil.Process  # its forked child that runs execute(), titled "airflow worker -- <id>"
 
 
 TIKey = tuple[str, str, str, int]  # dag_id, run_id, task_id, map_index
@@ -181,12 +248,14 @@ class StateSampler:
         rows = self._deployment.query(
             "SELECT dag_id, run_id, task_id, map_index, state, trigger_id, try_number FROM task_instance"
         )
-        triggers = self._deployment.query("SELECT id, classpath, kwargs, triggerer_id FROM trigger")
+        triggers = self._deployment.query(
+            "SELECT id, classpath, CAST(kwargs AS TEXT) AS kwargs, triggerer_id FROM trigger"
+        )
         now = time.monotonic() - self._deployment.started_at
         with self._lock:
             for row in triggers:
                 trigger = TriggerObservation(
-                    now, row["id"], row["classpath"], str(row["kwargs"]), row["triggerer_id"]
+                    now, row["id"], row["classpath"], row["kwargs"], row["triggerer_id"]
                 )
                 seen_trigger = self._triggers.setdefault(trigger.id, [])
                 if not seen_trigger or seen_trigger[-1].triggerer_id != trigger.triggerer_id:
@@ -205,7 +274,7 @@ class StateSampler:
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
-            with contextlib.suppress(sqlite3.Error):  # a locked or half-migrated DB: try again
+            with contextlib.suppress(*DB_ERRORS):  # a locked or half-migrated DB: try again
                 self.sample()
 
     def history(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> list[Observation]:
@@ -225,13 +294,16 @@ class StateSampler:
 
 class AirflowDeployment:
     """
-    A throw-away Airflow deployment (LocalExecutor, sqlite) running as subprocesses.
+    A throw-away Airflow deployment (LocalExecutor; sqlite or PostgreSQL) running as subprocesses.
 
     :param dags_folder: the DAG files to serve; default the repository's ``example_dags/``.
     :param extra_env: more environment for every subprocess, e.g. ``AIRFLOW_CONN_GETIMAGE_DEFAULT``,
         ``GETIMAGE_OUTPUT_DIR`` or an ``AIRFLOW__SECTION__KEY`` overriding a default below.
     :param home: the ``AIRFLOW_HOME``; default a new temporary folder, deleted by :meth:`stop`.
-    :param components: which long-running components to start.
+    :param components: which long-running components to start; ``triggerer-2`` (up to ``-9``) is one
+        more ``airflow triggerer``, for high availability.
+    :param database_url: the metadata database as a SQLAlchemy URL; default a sqlite file in the home.
+        ``postgresql+psycopg2://...`` is read with psycopg2 (see :func:`postgres_database`).
     :param triggerer_health_check_threshold: seconds after which a silent triggerer's triggers
         move to another triggerer (30 by default in Airflow; short here so a takeover is quick).
     :param api_apps: the api-server's ``--apps``: ``all`` (REST API v2 + execution API) or
@@ -247,6 +319,7 @@ class AirflowDeployment:
         extra_env: Mapping[str, str] | None = None,
         home: Path | str | None = None,
         components: Iterable[str] = COMPONENTS,
+        database_url: str | None = None,
         triggerer_health_check_threshold: float = 6.0,
         api_apps: str = "all",
         keep_home: bool = False,
@@ -256,15 +329,17 @@ class AirflowDeployment:
         self.home = Path(home) if home is not None else Path(tempfile.mkdtemp(prefix="getimage-e2e-airflow-"))
         self.keep_home = keep_home
         self.db_path = self.home / "airflow.db"
+        self.database_url = database_url or f"sqlite:///{self.db_path}"
+        self.db_kind = urlsplit(self.database_url).scheme.split("+")[0]
+        if self.db_kind not in ("sqlite", "postgresql"):
+            raise ValueError(f"unsupported database {self.database_url!r}: sqlite or postgresql")
         self.api_port = free_port()
         self.api_url = f"http://127.0.0.1:{self.api_port}"
         self.api_apps = api_apps
         self.env = self._build_env(extra_env or {}, triggerer_health_check_threshold)
         self.components: dict[str, Component] = {}
         for name in components:
-            if name not in COMPONENTS:
-                raise ValueError(f"unknown component {name!r}; expected one of {COMPONENTS}")
-            self.components[name] = Component(name, self._argv(name), self.home / f"{name}.log")
+            self.components[name] = self._component(name)
         self.started_at = time.monotonic()
         self.timings: dict[str, float] = {}
         #: How each component stopped, e.g. ``{"scheduler": "SIGTERM in 2.1 s"}``.
@@ -295,7 +370,7 @@ class AirflowDeployment:
             "AIRFLOW_HOME": str(self.home),
             "PYTHONUNBUFFERED": "1",
             # Database and executor: sqlite is enough for one machine; WAL mode lets us read alongside.
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.db_path}",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.database_url,
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
@@ -334,12 +409,26 @@ class AirflowDeployment:
         env.update(extra_env)
         return env
 
-    def _argv(self, name: str) -> list[str]:
-        if name == "api-server":
+    def _component(self, name: str) -> Component:
+        """
+        A component's command and environment.
+
+        An extra triggerer is one more ``airflow triggerer`` (a second host, in production): it
+        needs a trigger log server port of its own, or it dies on "address already in use".
+        """
+        env = self.env
+        if EXTRA_TRIGGERER.fullmatch(name):
+            command = "triggerer"
+            env = {**self.env, "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port())}
+        elif name in COMPONENTS:
+            command = name
+        else:
+            raise ValueError(f"unknown component {name!r}; expected one of {COMPONENTS} or triggerer-<2-9>")
+        argv = [str(AIRFLOW_BIN), command]
+        if command == "api-server":
             # "all" = the REST API v2 (to trigger runs) plus the execution API (for the workers).
-            where = ["--host", "127.0.0.1", "--port", str(self.api_port)]
-            return [str(AIRFLOW_BIN), "api-server", "--apps", self.api_apps, *where]
-        return [str(AIRFLOW_BIN), name]
+            argv += ["--apps", self.api_apps, "--host", "127.0.0.1", "--port", str(self.api_port)]
+        return Component(name, argv, self.home / f"{name}.log", env)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -379,7 +468,7 @@ class AirflowDeployment:
 
     def start_component(self, name: str) -> Component:
         """Start one component (again), its output appended to ``<home>/<name>.log``."""
-        component = self.components.get(name) or Component(name, self._argv(name), self.home / f"{name}.log")
+        component = self.components.get(name) or self._component(name)
         self.components[name] = component
         if component.alive():
             raise DeploymentError(f"{name} is already running (pid {component.pid})")
@@ -389,7 +478,7 @@ class AirflowDeployment:
             log.flush()
             component.process = subprocess.Popen(
                 component.argv,
-                env=self.env,
+                env=component.env,
                 cwd=self.home,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -546,6 +635,76 @@ class AirflowDeployment:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(component.process.pid, sig)
 
+    # -- task processes --------------------------------------------------------------------------
+
+    def task_processes(
+        self, dag_id: str, run_id: str, task_id: str, map_index: int = -1
+    ) -> TaskProcesses | None:
+        """
+        The processes running a task instance's current try, or None if it has none right now.
+
+        How LocalExecutor runs a task on Airflow 3.3 (``executors/local_executor.py``,
+        ``sdk/execution_time/supervisor.py`` and ``task_runner.py``): the scheduler forks
+        ``[core] parallelism`` worker processes; the worker that takes the task runs its supervisor
+        in-process and retitles itself ``airflow worker -- LocalExecutor: <ti id>``; the supervisor
+        forks the task runner (a process group of its own), which retitles itself
+        ``airflow worker -- <ti id>`` on startup and runs ``execute()``. ``<ti id>`` is
+        ``task_instance.id`` in its dashed form (sqlite stores it as 32 hex digits), new for every
+        try, so an exact title match among the scheduler's descendants is the current try's runner
+        and nothing else (the supervisor's title holds the id too, hence exact). The runner's PID is
+        also ``task_instance.pid`` once the try runs; it must agree. Titles are set with
+        ``setproctitle``: psutil shows them as the first ``cmdline()`` entry, padded with empty ones.
+        """
+        rows = self.query(
+            "SELECT id, pid FROM task_instance WHERE dag_id = ? AND run_id = ? AND task_id = ? "
+            "AND map_index = ?",
+            (dag_id, run_id, task_id, map_index),
+        )
+        scheduler = self.components.get("scheduler")
+        if not rows or scheduler is None or scheduler.pid is None:
+            return None
+        ti_id, ti_pid = str(uuid.UUID(str(rows[0]["id"]))), rows[0]["pid"]
+        try:
+            descendants = psutil.Process(scheduler.pid).children(recursive=True)
+        except psutil.Error:
+            return None
+        for proc in descendants:
+            with contextlib.suppress(psutil.Error):
+                if _title(proc) == f"airflow worker -- {ti_id}" and ti_pid in (None, proc.pid):
+                    supervisor = proc.parent()
+                    if supervisor is not None and _title(supervisor).endswith(f": {ti_id}"):
+                        return TaskProcesses(ti_id, supervisor, proc)
+        return None
+
+    def kill_task(
+        self,
+        dag_id: str,
+        run_id: str,
+        task_id: str,
+        map_index: int = -1,
+        *,
+        with_supervisor: bool = False,
+        timeout: float = 30.0,
+    ) -> TaskProcesses:
+        """
+        SIGKILL a running task's runner process, as the kernel's OOM killer would; return what was killed.
+
+        The supervisor survives and reports the try as failed (``up_for_retry`` if a retry is left,
+        from the exit code -9). ``with_supervisor`` kills the supervisor first, then the runner:
+        a whole worker lost, which only the scheduler's task heartbeat timeout detects.
+        """
+        found = self.wait_for(
+            lambda: self.task_processes(dag_id, run_id, task_id, map_index),
+            timeout,
+            f"the process running {dag_id}.{task_id}[{map_index}] in {run_id}",
+            check=("scheduler",),
+        )
+        victims = [found.supervisor, found.runner] if with_supervisor else [found.runner]
+        for proc in victims:
+            proc.kill()  # psutil checks the PID still belongs to that process (its create time)
+        psutil.wait_procs(victims, timeout=10)
+        return found
+
     # -- diagnostics -----------------------------------------------------------------------------
 
     def log_tail(self, name: str, lines: int = 60) -> str:
@@ -646,19 +805,63 @@ class AirflowDeployment:
         except requests.RequestException:
             return False
 
-    def query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+    def query(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
         """
         Read the metadata database directly: faster than the API and sees every column.
 
-        Read-only, one short transaction per call; Airflow runs sqlite in WAL mode, so this never
-        blocks a writer.
+        One SQL text for both databases: ``?`` placeholders (turned into psycopg2's ``%s``), and a
+        ``CAST(col AS TEXT)`` where a column is JSON on PostgreSQL but text on sqlite. Read-only,
+        one short transaction and connection per call (the sampler reads from its own thread);
+        Airflow runs sqlite in WAL mode, so this never blocks a writer.
         """
-        connection = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10)
-        try:
-            connection.row_factory = sqlite3.Row
-            return connection.execute(sql, tuple(params)).fetchall()
-        finally:
-            connection.close()
+        if self.db_kind == "postgresql":
+            with contextlib.closing(_pg_connect(self.database_url)) as connection:
+                connection.set_session(readonly=True, autocommit=True)
+                with connection.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cursor:
+                    cursor.execute(sql.replace("?", "%s"), tuple(params))
+                    return [dict(row) for row in cursor.fetchall()]
+        with contextlib.closing(sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10)) as db:
+            db.row_factory = sqlite3.Row
+            return [dict(row) for row in db.execute(sql, tuple(params)).fetchall()]
+
+    def database_containing(self, text: str) -> dict[str, int]:
+        """
+        Every table of the metadata database with a row holding ``text``: table -> rows.
+
+        All columns, whatever their type: on PostgreSQL a row cast to text (``t::text``) shows
+        text, JSON and numbers as they are and ``bytea`` as hex, so the hex of ``text`` is
+        looked for too; on sqlite each value is compared as text or bytes.
+        """
+        found: dict[str, int] = {}
+        if self.db_kind == "postgresql":
+            tables = self.query(
+                "SELECT quote_ident(table_name) AS name FROM information_schema.tables "
+                "WHERE table_schema = 'public' AND table_type = 'BASE TABLE'"
+            )
+            for table in tables:
+                name = table["name"]
+                rows = self.query(
+                    f"SELECT count(*) AS n FROM {name} AS t "  # table names from the catalogue
+                    "WHERE strpos(t::text, ?) > 0 OR strpos(t::text, ?) > 0",
+                    (text, text.encode().hex()),
+                )
+                if rows[0]["n"]:
+                    found[table["name"]] = int(rows[0]["n"])
+            return found
+        needle = text.encode()
+        for table in self.query("SELECT name FROM sqlite_master WHERE type = 'table'"):
+            name = table["name"]
+            hits = sum(
+                any(
+                    needle in (value if isinstance(value, bytes) else str(value).encode())
+                    for value in row.values()
+                    if value is not None
+                )
+                for row in self.query(f'SELECT * FROM "{name}"')  # table names from the catalogue
+            )
+            if hits:
+                found[name] = hits
+        return found
 
     # -- DAGs and runs ---------------------------------------------------------------------------
 
@@ -735,7 +938,7 @@ class AirflowDeployment:
         return self.sampler.history(dag_id, run_id, task_id, map_index)
 
     def _fresh_sample(self) -> None:
-        with contextlib.suppress(sqlite3.Error):
+        with contextlib.suppress(*DB_ERRORS):
             self.sampler.sample()
 
     def trigger_history(self, trigger_id: int) -> list[TriggerObservation]:
@@ -762,8 +965,8 @@ class AirflowDeployment:
         :raises KeyError: if the task pushed no such XCom.
         """
         rows = self.query(
-            "SELECT value FROM xcom WHERE dag_id = ? AND run_id = ? AND task_id = ? AND key = ? "
-            "AND map_index = ?",
+            "SELECT CAST(value AS TEXT) AS value FROM xcom WHERE dag_id = ? AND run_id = ? "
+            "AND task_id = ? AND key = ? AND map_index = ?",
             (dag_id, run_id, task_id, key, map_index),
         )
         if not rows:
