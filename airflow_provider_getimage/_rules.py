@@ -354,11 +354,11 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, seconds)
 
 
-def read_response(status_code: int, text: str, retry_after: str | None = None) -> Attempt:
+def read_response(status_code: int, body: str | bytes, retry_after: str | None = None) -> Attempt:
     """Turn an HTTP answer into an ``Attempt``: a JSON object on 2xx, else a described failure."""
     if 200 <= status_code < 300:
         try:
-            data = json.loads(text)
+            data = json.loads(body)
         except ValueError:
             data = None
         if isinstance(data, dict):
@@ -366,14 +366,18 @@ def read_response(status_code: int, text: str, retry_after: str | None = None) -
         return Attempt(
             failure="bad_body",
             status_code=status_code,
-            message=f"HTTP {status_code} with a body that is not a JSON object: {text[:80]!r}",
+            message=f"HTTP {status_code} with a body that is not a JSON object: {_text(body)[:80]!r}",
         )
     return Attempt(
         failure="http",
         status_code=status_code,
-        message=error_message(status_code, text),
+        message=error_message(status_code, _text(body)),
         retry_after=parse_retry_after(retry_after),
     )
+
+
+def _text(body: str | bytes) -> str:
+    return body.decode("utf-8", "replace") if isinstance(body, bytes) else body
 
 
 # ---------------------------------------------------------------------------------------- retries

@@ -228,6 +228,8 @@ def test_parse_retry_after_forms() -> None:
 
 def test_read_response() -> None:
     assert _rules.read_response(200, '{"id": "x"}').data == {"id": "x"}
+    assert _rules.read_response(200, b'{"id": "x"}').data == {"id": "x"}
+    assert _rules.read_response(401, b'{"error": "bad key \xff"}').message == "HTTP 401: bad key \ufffd"
     bad = _rules.read_response(200, "<html>oops</html>")
     assert bad.failure == "bad_body"
     assert bad.status_code == 200

@@ -455,7 +455,11 @@ class _SharedSessions:
         )
 
     def _state(self) -> _LoopState:
-        return self._by_loop.setdefault(asyncio.get_running_loop(), _LoopState())
+        loop = asyncio.get_running_loop()
+        state = self._by_loop.get(loop)  # WeakKeyDictionary.setdefault makes a weakref per call
+        if state is None:
+            state = self._by_loop[loop] = _LoopState()
+        return state
 
     async def settings(self, conn_id: str, lookup: Callable[[], Awaitable[ApiSettings]]) -> ApiSettings:
         """The connection's settings, looked up once for every hook on this loop."""
@@ -589,8 +593,8 @@ class GetImageAsyncHook(_HookMixin, HttpAsyncHook):
             async with session.request(
                 method, settings.base_url + path, json=body, allow_redirects=False
             ) as response:
-                text = await response.text()
-                return _rules.read_response(response.status, text, response.headers.get("Retry-After"))
+                raw = await response.read()  # bytes: json.loads needs no charset guess
+                return _rules.read_response(response.status, raw, response.headers.get("Retry-After"))
         except (TimeoutError, aiohttp.ClientError) as exc:
             return Attempt(failure=_aiohttp_failure(exc), message=_short(exc))
 
