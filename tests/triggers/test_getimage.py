@@ -110,7 +110,7 @@ async def test_deadline_gives_timeout_event(getimage_airflow_conn: Emulator) -> 
     events = await events_of(
         GetImageDiffusionTrigger(diffusion_id, poll_interval=0.2, end_time=time.time() + 0.7)
     )
-    assert 0.6 < time.monotonic() - started < 2.0
+    assert 0.6 < time.monotonic() - started < 5.0, "ended at its 0.7 s deadline, not at the 600 s generation"
     assert [e.payload["status"] for e in events] == ["timeout"]
     with pytest.raises(GetImageTimeoutError) as info:
         result_from_event(events[0].payload)
@@ -158,12 +158,13 @@ async def test_still_running_trigger_can_be_cancelled(getimage_airflow_conn: Emu
     task = asyncio.create_task(events_of(GetImageDiffusionTrigger(diffusion_id, poll_interval=0.05)))
     await asyncio.sleep(0.5)
     assert not task.done(), "a running diffusion yields no event"
-    polls = getimage_airflow_conn.stats()["polls"]
-    assert polls >= 3
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.1)  # a request already on the wire when cancelled may still land
+    polls = getimage_airflow_conn.stats()["polls"]
+    assert polls >= 3
+    await asyncio.sleep(0.3)
     assert getimage_airflow_conn.stats()["polls"] == polls, "no poll after cancellation"
 
 
