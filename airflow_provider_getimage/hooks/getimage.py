@@ -9,6 +9,7 @@ between attempts; what to retry and what an answer means is decided by the share
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import ssl
 import time
@@ -128,6 +129,14 @@ def _warn_if_plain_http(log: Any, settings: ApiSettings) -> None:
             settings.conn_id,
             settings.base_url,
         )
+
+
+def _bad_ca_bundle(settings: ApiSettings, err: BaseException) -> GetImageError:
+    """The error for a ``verify`` extra naming a CA bundle that cannot be read (before any request)."""
+    return GetImageError(
+        f"Connection {settings.conn_id!r}: the CA bundle in extra 'verify' ({settings.verify}) "
+        f"cannot be used: {type(err).__name__}: {err}"
+    )
 
 
 def _error_for(
@@ -282,6 +291,8 @@ class GetImageHook(_HookMixin, HttpHook):
             settings = self.settings
             self.base_url = settings.base_url
             self._base_url_initialized = True
+            if isinstance(settings.verify, str) and not os.path.isfile(settings.verify):
+                raise _bad_ca_bundle(settings, FileNotFoundError(settings.verify))
             session = requests.Session()
             session.headers.update(_rules.headers(settings.api_key))
             session.verify = settings.verify
@@ -476,7 +487,15 @@ class _SharedSessions:
         if lease is None or (lease.session.done() and lease.session.result().closed):
             lease = leases[settings] = _Lease(asyncio.ensure_future(_new_session(settings)))
         lease.users += 1
-        return await asyncio.shield(lease.session)
+        try:
+            return await asyncio.shield(lease.session)
+        except BaseException:
+            # A session that could not be made (say, a missing CA bundle) is not kept: the next
+            # hook tries again once the connection is fixed.
+            lease.users -= 1
+            if lease.session.done() and leases.get(settings) is lease:
+                del leases[settings]
+            raise
 
     async def release(self, settings: ApiSettings) -> None:
         state = self._state()
@@ -507,7 +526,10 @@ async def _new_session(settings: ApiSettings) -> aiohttp.ClientSession:
     """A session for one connection; a CA bundle is read off the event loop (disk I/O)."""
     ssl_setting: bool | ssl.SSLContext = settings.verify if isinstance(settings.verify, bool) else True
     if isinstance(settings.verify, str):
-        ssl_setting = await asyncio.to_thread(ssl.create_default_context, cafile=settings.verify)
+        try:
+            ssl_setting = await asyncio.to_thread(ssl.create_default_context, cafile=settings.verify)
+        except (OSError, ssl.SSLError) as err:
+            raise _bad_ca_bundle(settings, err) from None
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=POOL_SIZE, ssl=ssl_setting),
         headers=_rules.headers(settings.api_key),

@@ -146,3 +146,21 @@ async def test_a_failed_lookup_is_not_cached(
         await GetImageAsyncHook().get_settings()
     monkeypatch.setenv("AIRFLOW_CONN_GETIMAGE_DEFAULT", getimage_emulator.airflow_connection())
     assert (await GetImageAsyncHook().get_settings()).base_url == getimage_emulator.url
+
+
+async def test_a_missing_ca_bundle_is_a_clear_error_and_not_kept(
+    getimage_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_getimage.exceptions import GetImageError
+
+    conn = json.loads(getimage_emulator.airflow_connection())
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_GETIMAGE_DEFAULT", json.dumps({**conn, "extra": {"verify": "/no/ca.pem"}})
+    )
+    for _ in range(2):
+        hook = GetImageAsyncHook()
+        with pytest.raises(GetImageError, match=r"CA bundle in extra 'verify' \(/no/ca.pem\)"):
+            await hook.get_diffusion("x")
+        settings = await hook.get_settings()
+        assert SHARED_SESSIONS.users(settings) == 0, "the failed session is not kept"
+    assert getimage_emulator.stats()["requests"] == 0

@@ -97,8 +97,20 @@ def test_bad_rendered_values_fail_before_submitting(
             {"conn_type": "getimage", "host": "{url}", "password": "k", "extra": {"request_timeout": "soon"}},
             "request_timeout",
         ),
+        (
+            {"conn_type": "getimage", "host": "{url}", "password": "k", "extra": {"verify": "/no/ca.pem"}},
+            "CA bundle",
+        ),
     ],
-    ids=["unknown-conn-id", "no-key", "blank-key", "host-not-url", "host-not-http", "bad-timeout"],
+    ids=[
+        "unknown-conn-id",
+        "no-key",
+        "blank-key",
+        "host-not-url",
+        "host-not-http",
+        "bad-timeout",
+        "no-ca-file",
+    ],
 )
 def test_bad_connections_fail_before_submitting(
     connection: dict[str, Any] | None,
