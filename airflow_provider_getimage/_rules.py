@@ -27,12 +27,14 @@ __all__ = [
     "RetryPolicy",
     "StatusWatch",
     "base_url",
+    "check_max_poll_interval",
     "classify",
     "diffusion_path",
     "error_message",
     "failure_message",
     "headers",
     "image_urls",
+    "next_poll_delay",
     "parse_retry_after",
     "parse_timeout",
     "parse_verify",
@@ -50,6 +52,8 @@ DEFAULT_REQUEST_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 10.0
 DEFAULT_POLL_INTERVAL = 5.0
 DEFAULT_WAIT_TIMEOUT = 3600.0
+BACKOFF_SHARE = 0.1
+"""With a ``max_poll_interval``, the wait between polls is this share of the time waited so far."""
 MESSAGE_LIMIT = 300
 """Longest error text taken from a response body, so a HTML error page cannot flood a log."""
 
@@ -276,6 +280,34 @@ def check_positive(name: str, value: object) -> float:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a positive number of seconds, got {value!r}.")
     return float(value)
+
+
+def check_max_poll_interval(max_poll_interval: object, poll_interval: float) -> float | None:
+    """The backoff cap: None (no backoff), or seconds no shorter than ``poll_interval``."""
+    if max_poll_interval is None:
+        return None
+    cap = check_positive("max_poll_interval", max_poll_interval)
+    if cap < poll_interval:
+        raise ValueError(
+            f"max_poll_interval ({max_poll_interval!r}) must not be shorter than poll_interval "
+            f"({poll_interval!r}): the backoff only ever polls less often."
+        )
+    return cap
+
+
+def next_poll_delay(poll_interval: float, max_poll_interval: float | None, waited: float) -> float:
+    """
+    Seconds until the next poll, after ``waited`` seconds of waiting.
+
+    Without a cap, always ``poll_interval``. With one, long generations are polled less often: a
+    tenth (``BACKOFF_SHARE``) of the time waited so far, never less than ``poll_interval`` and never
+    more than ``max_poll_interval``. So a quick generation is polled exactly as asked, and a slow
+    one is noticed at most 10 % (and at most the cap) after it finished, at a fraction of the polls.
+    A ``Retry-After`` from the service is honoured on top of this by the hook's retries.
+    """
+    if max_poll_interval is None:
+        return poll_interval
+    return min(max_poll_interval, max(poll_interval, waited * BACKOFF_SHARE))
 
 
 def submit_body(prompt: object, model: object, parameters: object) -> dict[str, Any]:

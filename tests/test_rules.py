@@ -214,6 +214,31 @@ def test_check_positive_rejects(value: Any) -> None:
         _rules.check_positive("poll_interval", value)
 
 
+@pytest.mark.parametrize(
+    ("cap", "waited", "expected"),
+    [
+        (None, 0.0, 5.0),  # no backoff: always the user's interval
+        (None, 10_000.0, 5.0),
+        (60.0, 0.0, 5.0),  # a quick generation is polled exactly as asked
+        (60.0, 49.0, 5.0),  # up to ten intervals
+        (60.0, 200.0, 20.0),  # then a tenth of the time waited
+        (60.0, 3_000.0, 60.0),  # never more than the cap
+        (5.0, 3_000.0, 5.0),  # a cap equal to the interval is no backoff
+    ],
+)
+def test_next_poll_delay(cap: float | None, waited: float, expected: float) -> None:
+    assert _rules.next_poll_delay(5.0, cap, waited) == pytest.approx(expected)
+
+
+def test_check_max_poll_interval() -> None:
+    assert _rules.check_max_poll_interval(None, 5.0) is None
+    assert _rules.check_max_poll_interval(30, 5.0) == 30.0
+    with pytest.raises(ValueError, match=r"max_poll_interval \(2\) must not be shorter than poll_interval"):
+        _rules.check_max_poll_interval(2, 5.0)
+    with pytest.raises(ValueError, match="max_poll_interval must be a positive"):
+        _rules.check_max_poll_interval(-1, 5.0)
+
+
 def test_parse_retry_after_forms() -> None:
     assert _rules.parse_retry_after("7") == 7.0
     assert _rules.parse_retry_after("1.5") == 1.5

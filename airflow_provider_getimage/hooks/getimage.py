@@ -382,17 +382,21 @@ class GetImageHook(_HookMixin, HttpHook):
         diffusion_id: str,
         poll_interval: float = _rules.DEFAULT_POLL_INTERVAL,
         timeout: float = _rules.DEFAULT_WAIT_TIMEOUT,
+        max_poll_interval: float | None = None,
     ) -> dict[str, Any]:
         """
         Poll until the diffusion is FINISHED and return its final record.
 
         Transient errors that outlast the hook's retries are polled through until the deadline.
+        With ``max_poll_interval``, long generations are polled less often, up to that cap
+        (:func:`~airflow_provider_getimage._rules.next_poll_delay`).
 
         :raises GetImageDiffusionFailed: on a terminal failure status, with the service's message.
         :raises GetImageTimeoutError: when ``timeout`` seconds pass first (the diffusion may still finish).
         """
         poll_interval = _rules.check_positive("poll_interval", poll_interval)
         timeout = _rules.check_positive("timeout", timeout)
+        max_poll_interval = _rules.check_max_poll_interval(max_poll_interval, poll_interval)
         started = time.monotonic()
         deadline = started + timeout
         watch = _rules.StatusWatch()
@@ -414,7 +418,8 @@ class GetImageHook(_HookMixin, HttpHook):
                     f"(last status {watch.last}); it may still finish.",
                     diffusion_id=diffusion_id,
                 )
-            time.sleep(min(poll_interval, remaining))
+            delay = _rules.next_poll_delay(poll_interval, max_poll_interval, time.monotonic() - started)
+            time.sleep(min(delay, remaining))
 
     def test_connection(self) -> tuple[bool, str]:
         """

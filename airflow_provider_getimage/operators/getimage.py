@@ -64,6 +64,9 @@ class GetImageDiffusionOperator(ResumableJobMixin, BaseOperator):
         ``[operators] default_deferrable``.
     :param poll_interval: seconds between status checks while waiting.
     :param timeout: seconds to wait for the generation before failing with ``GetImageTimeoutError``.
+    :param max_poll_interval: opt-in backoff for long generations: once the wait has lasted ten
+        poll intervals, polls are spaced a tenth of the time waited so far, up to this many seconds.
+        None (default) polls every ``poll_interval``. Never shorter than ``poll_interval``.
     """
 
     template_fields: Sequence[str] = ("prompt", "model", "parameters", "getimage_conn_id")
@@ -83,6 +86,7 @@ class GetImageDiffusionOperator(ResumableJobMixin, BaseOperator):
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poll_interval: float = _rules.DEFAULT_POLL_INTERVAL,
         timeout: float = _rules.DEFAULT_WAIT_TIMEOUT,
+        max_poll_interval: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -96,6 +100,7 @@ class GetImageDiffusionOperator(ResumableJobMixin, BaseOperator):
         self._result: list[str] | str | None = None
         self.poll_interval = _rules.check_positive("poll_interval", poll_interval)
         self.timeout = _rules.check_positive("timeout", timeout)
+        self.max_poll_interval = _rules.check_max_poll_interval(max_poll_interval, self.poll_interval)
         self._check_inputs(at_parse_time=True)
 
     def _check_inputs(self, at_parse_time: bool = False) -> tuple[str, str | None, dict[str, Any]]:
@@ -166,7 +171,9 @@ class GetImageDiffusionOperator(ResumableJobMixin, BaseOperator):
         if self.deferrable:
             final = self._check_then_defer(diffusion_id, end_time=time.time() + self.timeout)
         else:
-            final = self.hook.wait_for_diffusion(diffusion_id, self.poll_interval, self.timeout)
+            final = self.hook.wait_for_diffusion(
+                diffusion_id, self.poll_interval, self.timeout, self.max_poll_interval
+            )
         self._result = push_finished(context, self.log, diffusion_id, final)
         return self._result
 
@@ -199,6 +206,7 @@ class GetImageDiffusionOperator(ResumableJobMixin, BaseOperator):
                 getimage_conn_id=self.getimage_conn_id,
                 poll_interval=self.poll_interval,
                 end_time=end_time,
+                max_poll_interval=self.max_poll_interval,
             ),
             method_name="execute_complete",
         )

@@ -44,6 +44,9 @@ class GetImageDiffusionSensor(BaseSensorOperator):
         ``"{{ ti.xcom_pull(task_ids='submit', key='diffusion_id') }}"``.
     :param getimage_conn_id: the GetImage.io connection (templated).
     :param deferrable: wait in the triggerer; defaults to ``[operators] default_deferrable``.
+    :param max_poll_interval: opt-in backoff for long generations, in seconds, as on
+        ``GetImageDiffusionOperator`` (in the triggerer). In ``poke``/``reschedule`` mode it turns
+        on Airflow's own ``exponential_backoff`` with this cap as ``max_wait``.
     """
 
     template_fields: Sequence[str] = ("diffusion_id", "getimage_conn_id")
@@ -56,10 +59,17 @@ class GetImageDiffusionSensor(BaseSensorOperator):
         diffusion_id: str,
         getimage_conn_id: str = _rules.DEFAULT_CONN_ID,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        max_poll_interval: float | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("poke_interval", _rules.DEFAULT_POLL_INTERVAL)
         super().__init__(**kwargs)
+        self.max_poll_interval = _rules.check_max_poll_interval(
+            max_poll_interval, self._poke_interval_seconds()
+        )
+        if self.max_poll_interval is not None:
+            self.exponential_backoff = True
+            self.max_wait = timedelta(seconds=self.max_poll_interval)
         self.diffusion_id = diffusion_id
         self.getimage_conn_id = getimage_conn_id
         self.deferrable = deferrable
@@ -114,6 +124,7 @@ class GetImageDiffusionSensor(BaseSensorOperator):
                 getimage_conn_id=self.getimage_conn_id,
                 poll_interval=self._poke_interval_seconds(),
                 end_time=time.time() + timeout,
+                max_poll_interval=self.max_poll_interval,
             ),
             method_name="execute_complete",
         )

@@ -51,6 +51,9 @@ class GetImageDiffusionTrigger(BaseTrigger):
     :param getimage_conn_id: the GetImage.io connection, fetched asynchronously in the triggerer.
     :param poll_interval: seconds between polls.
     :param end_time: epoch seconds after which the trigger yields ``timeout``; None waits forever.
+    :param max_poll_interval: optional backoff cap for long generations (see
+        :func:`~airflow_provider_getimage._rules.next_poll_delay`); None polls every ``poll_interval``.
+        Only serialized when set, so the default kwargs stay the four above.
     """
 
     def __init__(
@@ -59,23 +62,25 @@ class GetImageDiffusionTrigger(BaseTrigger):
         getimage_conn_id: str = _rules.DEFAULT_CONN_ID,
         poll_interval: float = _rules.DEFAULT_POLL_INTERVAL,
         end_time: float | None = None,
+        max_poll_interval: float | None = None,
     ) -> None:
         super().__init__()
         self.diffusion_id = _rules.check_diffusion_id(diffusion_id)
         self.getimage_conn_id = getimage_conn_id
         self.poll_interval = _rules.check_positive("poll_interval", poll_interval)
         self.end_time = end_time
+        self.max_poll_interval = _rules.check_max_poll_interval(max_poll_interval, self.poll_interval)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "diffusion_id": self.diffusion_id,
-                "getimage_conn_id": self.getimage_conn_id,
-                "poll_interval": self.poll_interval,
-                "end_time": self.end_time,
-            },
-        )
+        kwargs: dict[str, Any] = {
+            "diffusion_id": self.diffusion_id,
+            "getimage_conn_id": self.getimage_conn_id,
+            "poll_interval": self.poll_interval,
+            "end_time": self.end_time,
+        }
+        if self.max_poll_interval is not None:
+            kwargs["max_poll_interval"] = self.max_poll_interval
+        return f"{type(self).__module__}.{type(self).__qualname__}", kwargs
 
     def _event(self, status: EventStatus, message: str, record: dict[str, Any] | None = None) -> TriggerEvent:
         payload: DiffusionEvent = {"status": status, "diffusion_id": self.diffusion_id, "message": message}
@@ -112,7 +117,9 @@ class GetImageDiffusionTrigger(BaseTrigger):
                         f"Diffusion {self.diffusion_id} was not finished by the deadline "
                         f"(last status {watch.last or 'unknown'}); it may still finish.",
                     )
-                delay = self.poll_interval
+                delay = _rules.next_poll_delay(
+                    self.poll_interval, self.max_poll_interval, time.monotonic() - started
+                )
 
     def _until_deadline(self, seconds: float) -> float:
         """``seconds``, cut short by the deadline (0 once it has passed)."""

@@ -135,6 +135,19 @@ def test_never_finishing_diffusion_times_out(hook: GetImageHook, getimage_airflo
     assert "last status NEW" in str(info.value)
 
 
+@pytest.mark.getimage_emulator(latency=3.0)
+def test_wait_with_backoff_polls_less_often(hook: GetImageHook, getimage_airflow_conn: Emulator) -> None:
+    """The worker's wait follows the same backoff rule as the trigger (one rule, in _rules)."""
+    started = time.monotonic()
+    final = hook.wait_for_diffusion(
+        hook.submit_diffusion("a long one")["id"], poll_interval=0.05, timeout=10, max_poll_interval=0.4
+    )
+    assert final["status"] == "FINISHED"
+    polls = getimage_airflow_conn.stats()["polls"]
+    assert 10 <= polls < 0.6 * 3.0 / 0.05, f"{polls} polls; 60 without the backoff"
+    assert time.monotonic() - started < 3.0 + 0.4 + 1.0
+
+
 def test_bad_key_is_auth_error_after_one_request(
     getimage_airflow_conn: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:

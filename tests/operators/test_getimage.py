@@ -107,6 +107,7 @@ def test_dynamic_mapping_one_submission_per_prompt(
         ({"prompt": "x", "poll_interval": 0}, ValueError, "poll_interval must be a positive"),
         ({"prompt": "x", "timeout": -5}, ValueError, "timeout must be a positive"),
         ({"prompt": "x", "getimage_conn_id": ""}, ValueError, "getimage_conn_id must be a non-empty"),
+        ({"prompt": "x", "max_poll_interval": 1}, ValueError, r"max_poll_interval \(1\) must not be shorter"),
     ],
 )
 def test_bad_arguments_fail_at_parse_time(kwargs: dict, error: type[Exception], match: str) -> None:

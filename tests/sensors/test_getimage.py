@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import pytest
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
     from airflow.sdk import DAG
 
     from airflow_provider_getimage.emulator import Emulator
+
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 SENSORS = ("wait_poke", "wait_reschedule", "wait_deferred")
@@ -69,3 +71,32 @@ def test_poke_keeps_waiting_through_an_outage(getimage_airflow_conn: Emulator) -
     done = sensor.poke(context)
     assert done.is_done
     assert done.xcom_value == ti.pushed["diffusion"]["images"]
+
+
+def test_backoff_cap_reaches_airflow_backoff_and_the_trigger() -> None:
+    sensor = GetImageDiffusionSensor(
+        task_id="wait", diffusion_id="d-1", poke_interval=5, max_poll_interval=60
+    )
+    assert sensor.exponential_backoff is True
+    assert sensor.max_wait == timedelta(seconds=60)
+    plain = GetImageDiffusionSensor(task_id="plain", diffusion_id="d-1")
+    assert plain.exponential_backoff is False
+    with pytest.raises(ValueError, match="max_poll_interval"):
+        GetImageDiffusionSensor(task_id="bad", diffusion_id="d-1", poke_interval=5, max_poll_interval=1)
+
+
+@pytest.mark.getimage_emulator(latency=60)
+def test_deferred_sensor_hands_the_cap_to_the_trigger(getimage_airflow_conn: Emulator) -> None:
+    from airflow.providers.common.compat.sdk import TaskDeferred
+
+    from airflow_provider_getimage.hooks.getimage import GetImageHook
+
+    diffusion_id = GetImageHook().submit_diffusion("a slow one")["id"]
+    sensor = GetImageDiffusionSensor(
+        task_id="wait", diffusion_id=diffusion_id, deferrable=True, poke_interval=2, max_poll_interval=20
+    )
+    with pytest.raises(TaskDeferred) as info:
+        sensor.execute(task_context(RecordingTI()))
+    kwargs = info.value.trigger.serialize()[1]
+    assert kwargs["max_poll_interval"] == 20.0
+    assert kwargs["poll_interval"] == 2.0

@@ -66,9 +66,21 @@ def test_serialization_holds_ids_only(getimage_airflow_conn: Emulator) -> None:
     assert rebuilt.serialize() == (classpath, kwargs)
 
 
+def test_backoff_cap_is_serialized_only_when_set(getimage_airflow_conn: Emulator) -> None:
+    plain = GetImageDiffusionTrigger("d-1", poll_interval=3).serialize()[1]
+    assert "max_poll_interval" not in plain
+    classpath, kwargs = GetImageDiffusionTrigger("d-1", poll_interval=3, max_poll_interval=30).serialize()
+    assert kwargs["max_poll_interval"] == 30.0
+    assert GetImageDiffusionTrigger(**kwargs).serialize() == (classpath, kwargs)
+
+
 @pytest.mark.parametrize(
     ("bad", "match"),
-    [({"diffusion_id": ""}, "diffusion_id"), ({"diffusion_id": "x", "poll_interval": 0}, "poll_interval")],
+    [
+        ({"diffusion_id": ""}, "diffusion_id"),
+        ({"diffusion_id": "x", "poll_interval": 0}, "poll_interval"),
+        ({"diffusion_id": "x", "poll_interval": 5, "max_poll_interval": 1}, "max_poll_interval"),
+    ],
 )
 def test_bad_arguments(bad: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
@@ -90,6 +102,26 @@ async def test_success_is_one_event_with_the_record(getimage_airflow_conn: Emula
     assert getimage_airflow_conn.stats()["polls"] > 3
     assert getimage_airflow_conn.stats()["connections"] == connections_before + 1, "one keep-alive session"
     assert result_from_event(payload)["id"] == diffusion_id
+
+
+async def test_backoff_polls_a_long_generation_less_often(getimage_airflow_conn: Emulator) -> None:
+    """With a cap, a 3 s generation polled every 0.05 s takes about half the polls, found in time."""
+    latency, interval, cap = 3.0, 0.05, 0.5
+    getimage_airflow_conn.configure(latency=latency)
+    diffusion_id = submit(getimage_airflow_conn, "a long generation")
+    started = time.monotonic()
+    events = await events_of(
+        GetImageDiffusionTrigger(
+            diffusion_id, poll_interval=interval, end_time=time.time() + 30, max_poll_interval=cap
+        )
+    )
+    waited = time.monotonic() - started
+    assert [e.payload["status"] for e in events] == ["success"]
+    polls = getimage_airflow_conn.stats()["polls"]
+    assert polls < 0.6 * latency / interval, f"{polls} polls: no backoff"
+    assert polls >= 10, f"{polls} polls: the first ten intervals are polled as asked"
+    # Found at most a tenth of the wait (and at most the cap) late, plus loaded-machine room.
+    assert waited < latency + cap + 1.0
 
 
 async def test_failed_is_one_event_with_the_message(getimage_airflow_conn: Emulator) -> None:
