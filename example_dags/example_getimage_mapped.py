@@ -4,17 +4,23 @@
 Fan out: one deferrable generation per prompt (dynamic task mapping), then gather every URL.
 
 Each mapped task submits once and waits in the triggerer, so a hundred prompts hold no worker slot
-while they render.
+while they render. One ``GetImageDownloadOperator`` then saves every prompt's images, each file
+named after its own diffusion (under ``$GETIMAGE_OUTPUT_DIR/<run id>/``, as in ``example_getimage``).
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from datetime import datetime
 
 from airflow.providers.common.compat.sdk import DAG, task
 
-from airflow_provider_getimage.operators.getimage import GetImageDiffusionOperator
+from airflow_provider_getimage.operators.getimage import GetImageDiffusionOperator, GetImageDownloadOperator
 
+OUTPUT_DIR = os.path.abspath(
+    os.environ.get("GETIMAGE_OUTPUT_DIR") or os.path.join(tempfile.gettempdir(), "getimage-images")
+)
 PROMPTS = [
     "a red fox in fresh snow, photograph",
     "a blue whale seen from below, sunlight through water",
@@ -43,3 +49,13 @@ with DAG(
         return [url for urls in urls_per_prompt for url in urls]
 
     gather(generated.output)
+
+    # [START howto_operator_getimage_download_mapped]
+    # One task for every prompt's images; for one download per prompt, map it the same way:
+    # GetImageDownloadOperator.partial(task_id=..., destination=...).expand(image_urls=generated.output)
+    GetImageDownloadOperator(
+        task_id="download",
+        image_urls=generated.output,
+        destination="file://" + OUTPUT_DIR + "/{{ run_id }}/",
+    )
+    # [END howto_operator_getimage_download_mapped]

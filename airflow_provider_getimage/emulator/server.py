@@ -198,6 +198,9 @@ class _Stats:
     polls: int = 0
     polls_by_id: collections.Counter[str] = field(default_factory=collections.Counter)
     image_downloads: int = 0
+    #: Image downloads that carried an ``Authorization`` header: image URLs are public, so a client
+    #: that sends one is leaking a credential to whatever host serves the images.
+    image_downloads_with_authorization: int = 0
     responses_by_status: collections.Counter[str] = field(default_factory=collections.Counter)
     rate_limited: int = 0
     dropped: int = 0
@@ -263,9 +266,10 @@ class EmulatorState:
         with self._lock:
             self._stats.responses_by_status[str(status)] += 1
 
-    def count_image_download(self) -> None:
+    def count_image_download(self, with_authorization: bool = False) -> None:
         with self._lock:
             self._stats.image_downloads += 1
+            self._stats.image_downloads_with_authorization += with_authorization
 
     def stats(self) -> dict[str, Any]:
         """A JSON-ready copy of the counters."""
@@ -574,7 +578,7 @@ class EmulatorApp:
         loop = asyncio.get_running_loop()
         png = await loop.run_in_executor(None, render_png, diffusion.prompt, index, diffusion.image_size)
         if request.method == "GET":
-            self.state.count_image_download()
+            self.state.count_image_download("Authorization" in request.headers)
         return web.Response(
             body=png,
             content_type="image/png",

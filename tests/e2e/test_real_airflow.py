@@ -151,11 +151,22 @@ def test_blocking_operator_generates_and_downloads(
     assert record["prompt"] == CONF[BLOCKING]["prompt"]
     assert "deferred" not in airflow_deployment.seen_states(BLOCKING, run_id, "generate")
 
-    paths = [Path(path) for path in airflow_deployment.xcom(BLOCKING, run_id, "download")]
-    assert len(paths) == len(urls)
+    diffusion_id = airflow_deployment.xcom(BLOCKING, run_id, "generate", "diffusion_id")
+    assert_saved_pngs(
+        airflow_deployment.xcom(BLOCKING, run_id, "download"), e2e_output_dir, [diffusion_id], len(urls)
+    )
+
+
+def assert_saved_pngs(uris: Any, output_dir: Path, diffusion_ids: list[str], per_diffusion: int) -> None:
+    """``GetImageDownloadOperator``'s return value: ``file://`` URIs of PNGs, one folder per run."""
+    assert isinstance(uris, list)
+    paths = [Path(uri.removeprefix("file://")) for uri in uris]
+    assert [uri.startswith("file:///") for uri in uris] == [True] * len(uris)
+    assert [path.name for path in paths] == [
+        f"{diffusion_id}_{index}.png" for diffusion_id in diffusion_ids for index in range(per_diffusion)
+    ]
     for path in paths:
-        assert path.is_relative_to(e2e_output_dir)
-        assert path.suffix == ".png"
+        assert path.is_relative_to(output_dir)
         assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert len({path.parent for path in paths}) == 1  # one folder per run
 
@@ -190,7 +201,10 @@ def test_deferrable_sensor_waits_for_a_submitted_diffusion(
 
 
 def test_mapped_deferrable_generations(
-    airflow_deployment: AirflowDeployment, runs: dict[str, str], e2e_emulator: Emulator
+    airflow_deployment: AirflowDeployment,
+    runs: dict[str, str],
+    e2e_emulator: Emulator,
+    e2e_output_dir: Path,
 ) -> None:
     """``example_getimage_mapped``: each mapped task defers on a trigger of its own, submits once."""
     run_id = finished(airflow_deployment, runs, MAPPED)
@@ -214,6 +228,9 @@ def test_mapped_deferrable_generations(
         generated_urls(airflow_deployment, e2e_emulator, MAPPED, run_id, "generate", i) for i in map_indexes
     ]
     assert airflow_deployment.xcom(MAPPED, run_id, "gather") == [url for batch in urls for url in batch]
+    # One download task for all three prompts, each image named after its own diffusion.
+    uris = airflow_deployment.xcom(MAPPED, run_id, "download")
+    assert_saved_pngs(uris, e2e_output_dir, diffusion_ids, 4)
 
 
 def test_no_duplicate_submission_and_no_secret_anywhere(
@@ -229,6 +246,8 @@ def test_no_duplicate_submission_and_no_secret_anywhere(
     generating_tasks = 1 + 1 + 1 + 3  # blocking, deferrable, sensor's submit, three mapped
     stats = e2e_emulator.stats()
     assert stats["submissions"] == generating_tasks == len(e2e_emulator.diffusions()), stats
+    assert stats["image_downloads"] == 4 + 3 * 4, stats  # example_getimage and the mapped example
+    assert stats["image_downloads_with_authorization"] == 0, stats  # image URLs never get the key
 
     triggers = airflow_deployment.triggers_seen()
     assert len(triggers) == 1 + 1 + 3, triggers  # deferrable operator, sensor, three mapped

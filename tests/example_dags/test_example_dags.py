@@ -34,16 +34,31 @@ def test_example_getimage_saves_real_pngs(
     dag = dag_runs.parse(dag_runs.EXAMPLE_DAGS / "example_getimage.py")["example_getimage"]
     dag_run = dag_runs.run(dag, prompt="a koi pond in autumn")
     assert set(dag_runs.states(dag_run).values()) == {"success"}
-    paths = dag_runs.xcom(dag_run, "download")
+    uris = dag_runs.xcom(dag_run, "download")
     diffusion_id = dag_runs.xcom(dag_run, "generate", "diffusion_id")
-    assert len(paths) == 4
-    for index, path in enumerate(paths):
-        assert path.startswith(str(tmp_path))
-        assert path.endswith(f"{diffusion_id}_{index}.png")
-        with Image.open(path) as image:
+    assert uris == [f"file://{tmp_path}/{dag_run.run_id}/{diffusion_id}_{index}.png" for index in range(4)]
+    for uri in uris:
+        with Image.open(uri.removeprefix("file://")) as image:
             assert image.format == "PNG"
             image.verify()
     leftovers = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".png"]
     assert leftovers == [], "atomic writes leave no partial file behind"
     assert getimage_airflow_conn.stats()["submissions"] == 1
     assert getimage_airflow_conn.stats()["image_downloads"] == 4
+    assert getimage_airflow_conn.stats()["image_downloads_with_authorization"] == 0
+
+
+def test_example_getimage_mapped_saves_every_prompts_pngs(
+    getimage_airflow_conn: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GETIMAGE_OUTPUT_DIR", str(tmp_path))
+    dag = dag_runs.parse(dag_runs.EXAMPLE_DAGS / "example_getimage_mapped.py")["example_getimage_mapped"]
+    dag_run = dag_runs.run(dag)
+    assert set(dag_runs.states(dag_run).values()) == {"success"}
+    ids = [dag_runs.xcom(dag_run, "generate", "diffusion_id", map_index) for map_index in range(3)]
+    assert dag_runs.xcom(dag_run, "download") == [
+        f"file://{tmp_path}/{dag_run.run_id}/{diffusion_id}_{index}.png"
+        for diffusion_id in ids
+        for index in range(4)
+    ]
+    assert getimage_airflow_conn.stats()["image_downloads"] == 12
