@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test lint typecheck unit bench clean lock
+.PHONY: install browser demo test lint typecheck unit bench clean lock
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed, found " + sys.version.split()[0])'
@@ -18,6 +18,24 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Headless Chromium for tests/ui: Debian's package, never a browser download (no `playwright install`).
+# A fast no-op when it is there; where it cannot be installed (not root, no apt-get, apt fails) this
+# says why and goes on, and the browser tests skip with that reason.
+CHROMIUM ?= $(or $(GETIMAGE_CHROMIUM),/usr/bin/chromium)
+browser:
+	@if [ -x "$(CHROMIUM)" ]; then :; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "browser: $(CHROMIUM) missing and no apt-get here: the browser tests will skip"; \
+	elif [ "$$(id -u)" != 0 ]; then \
+	  echo "browser: $(CHROMIUM) missing and not root (apt-get install chromium needs root): the browser tests will skip"; \
+	else \
+	  echo "browser: installing Debian's chromium (apt-get, about a minute)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  out=$$( { apt-get -qq -o DPkg::Lock::Timeout=300 update \
+	    && apt-get -qq -o DPkg::Lock::Timeout=300 install -y --no-install-recommends chromium fonts-liberation; \
+	  } 2>&1 ) || { echo "$$out" | tail -n 20; echo "browser: apt-get install chromium failed: the browser tests will skip"; }; \
+	fi
 
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
@@ -29,7 +47,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) browser
 	$(BIN)/python -m pytest
 
 test: lint typecheck unit

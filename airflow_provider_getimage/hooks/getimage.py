@@ -426,6 +426,8 @@ class GetImageHook(_HookMixin, HttpHook):
         Check the key for the UI's Test button without spending credits.
 
         Asks for a diffusion id that cannot exist: 404 means the key was accepted, 401/403 not.
+        A refusal names the URL, not the connection id nor the probe's path: the UI and the REST
+        API test a copy of the connection saved under a random id, which would only confuse.
         """
         probe = RetryPolicy(max_attempts=2, backoff_base=0.5, backoff_max=1.0, retry_after_cap=2.0)
         saved, self.retry_policy = self.retry_policy, probe
@@ -433,6 +435,11 @@ class GetImageHook(_HookMixin, HttpHook):
             self.get_diffusion(f"connection-test-{uuid.uuid4()}")
         except GetImageNotFoundError:
             return True, f"Connected to {self.settings.base_url}: the API key was accepted."
+        except GetImageAuthError as err:
+            return False, (
+                f"{self.settings.base_url} refused the API key (HTTP {err.status_code}): "
+                "check the API Key (password) of this connection."
+            )
         except GetImageError as err:
             return False, str(err)
         finally:

@@ -314,7 +314,10 @@ def test_test_connection(
     use_connection(monkeypatch, getimage_airflow_conn, password="wrong-key-0123456789")
     ok, message = GetImageHook().test_connection()
     assert not ok
-    assert "401" in message
+    assert message == (
+        f"{getimage_airflow_conn.url} refused the API key (HTTP 401): "
+        "check the API Key (password) of this connection."
+    )
     assert "wrong-key-0123456789" not in message
     assert getimage_airflow_conn.stats()["submissions"] == 0, "testing a connection spends no credits"
 
