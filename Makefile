@@ -35,7 +35,7 @@ unit: $(STAMP)
 test: lint typecheck unit
 
 # Trigger polling benchmark (benchmarks/README.md): about 7-10 minutes on 2 cores; not part of CI.
-# Then the deployment check: 200 mapped deferred generations on real Airflow processes (~10 min).
+# Then the deployment check: 200 mapped deferred generations on real Airflow processes (10-15 min).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/trigger_polling.py --n 100 1000 5000 --repeats 3 --interval 2 --latency 6 --json bench-results.json
 	$(MAKE) bench-deployment

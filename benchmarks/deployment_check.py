@@ -433,6 +433,14 @@ def render(result: dict[str, Any]) -> str:
     if summary["succeeded"] < summary["n"]:
         why = "Timed out before all tasks finished" if summary["timed_out"] else "Not all tasks succeeded"
         lines += ["", f"{why}; task states: {summary['states']}."]
+    if summary["deferred_peak"] < 0.9 * summary["n"]:
+        lines += [
+            "",
+            "Fewer than 90% of the tasks were deferred at once. Tasks resumed after their trigger "
+            "fired take the worker slots before mapped tasks that never started (the scheduler "
+            "orders by map index), so generations shorter than the time to start all N keep the "
+            "rest waiting: raise --latency above 'all submitted at'.",
+        ]
     if summary["over_bound"]:
         lines += ["", f"Polled more than the bound: {summary['over_bound'][:5]}"]
     return "\n".join(lines)
@@ -688,9 +696,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--latency",
         type=float,
-        default=240.0,
-        help="emulator seconds per generation: long enough for the N tasks to start and defer "
-        "before the first generations end",
+        default=480.0,
+        help="emulator seconds per generation: longer than the deployment takes to start all N "
+        "tasks (see 'all submitted at'), or fewer are deferred at once",
     )
     parser.add_argument("--poll-interval", type=float, default=5.0, help="the operator's poll_interval, s")
     parser.add_argument(
@@ -705,7 +713,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-tls", dest="tls", action="store_false", help="plain HTTP to the emulator")
     parser.add_argument(
-        "--timeout", type=float, default=1500.0, help="seconds after the trigger to give up on the run"
+        "--timeout", type=float, default=1800.0, help="seconds after the trigger to give up on the run"
     )
     parser.add_argument(
         "--idle-seconds",

@@ -126,7 +126,7 @@ def result_for(obs: Any, **params: Any) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------ arguments
 def test_defaults_are_the_make_bench_run():
     args = dc.parse_args([])
-    assert (args.n, args.latency, args.poll_interval, args.parallelism) == (200, 240.0, 5.0, 4)
+    assert (args.n, args.latency, args.poll_interval, args.parallelism) == (200, 480.0, 5.0, 4)
     assert (args.database, args.tls, args.json_path, args.keep_home) == ("auto", True, None, False)
 
 
@@ -273,6 +273,15 @@ def test_render_shows_measures_processes_and_checks():
     assert f"| tasks succeeded | {N} | = {N} | PASS |" in text
     assert "nan" not in text.lower()
     assert "Note:" not in text
+    assert "Fewer than 90%" not in text
+
+
+def test_render_says_when_too_few_were_deferred_at_once():
+    samples = [dc.Sample(10.0, {"deferred": 3, "scheduled": 1}, 3, 3, 0.5, 420.0)]
+    text = dc.render(result_for(observed(samples=samples)))
+    assert f"| deferred at once (peak, at s) | 3 of {N} (at 10.0) |" in text
+    assert "Fewer than 90% of the tasks were deferred at once" in text
+    assert "| all submitted at s | - |" in text
 
 
 def test_render_and_json_without_measurements():
