@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -367,3 +368,71 @@ def test_process_tree_counts_cpu_since_mark_and_sees_children():
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+# --------------------------------------------------------------------------------- watch loop
+class ScriptedDeployment:
+    """
+    Stands in for the deployment in the watch loop only (a real one takes 25-40 s to start):
+    each tick reads the next (task state counts, run state) of a script; the last one repeats.
+    """
+
+    def __init__(self, script: list[tuple[dict[str, int], str]]) -> None:
+        self.script = script
+        self.ticks = 0
+
+    def query(self, sql: str, params: Any = ()) -> list[dict[str, Any]]:
+        counts, _run_state = self.script[min(self.ticks, len(self.script) - 1)]
+        return [{"state": state, "n": n} for state, n in counts.items()]
+
+    def run_state(self, dag_id: str, run_id: str) -> str:
+        _counts, run_state = self.script[min(self.ticks, len(self.script) - 1)]
+        self.ticks += 1
+        return run_state
+
+    def check_alive(self, *names: str) -> None:
+        pass
+
+
+class CountingEmulator:
+    def stats(self) -> dict[str, Any]:
+        return {"submissions": N, "polls": 3 * N}
+
+
+def run_watch(script: list[tuple[dict[str, int], str]], timeout: float = 30.0) -> tuple[list[Any], Any]:
+    tree = dc.ProcessTree(os.getpid())
+    tree.sample()
+    tree.mark()
+    return dc.watch(
+        ScriptedDeployment(script),
+        CountingEmulator(),
+        tree,
+        "run",
+        N,
+        started=time.monotonic(),
+        timeout=timeout,
+        interval=0.01,
+    )
+
+
+def test_watch_ends_when_all_succeeded():
+    samples, wall = run_watch(
+        [({"scheduled": N}, "running"), ({"deferred": N}, "running"), ({"success": N}, "running")]
+    )
+    assert [sample.states for sample in samples] == [{"scheduled": N}, {"deferred": N}, {"success": N}]
+    assert wall == samples[-1].t
+    assert samples[-1].submissions == N
+    assert samples[-1].triggerer_rss_mb > 0
+
+
+def test_watch_ends_when_the_run_failed_upstream():
+    """The task making the prompts failed: one ``upstream_failed`` row, never N; the run is over."""
+    samples, wall = run_watch([({"none": 1}, "running"), ({"upstream_failed": 1}, "failed")])
+    assert wall is None
+    assert len(samples) == 2
+
+
+def test_watch_gives_up_at_the_timeout():
+    samples, wall = run_watch([({"deferred": N}, "running")], timeout=0.1)
+    assert wall is None
+    assert samples[-1].t > 0.1
