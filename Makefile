@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install browser demo test lint typecheck unit bench clean lock
+.PHONY: install browser demo test lint typecheck unit bench bench-deployment clean lock
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed, found " + sys.version.split()[0])'
@@ -53,8 +53,13 @@ unit: $(STAMP) browser
 test: lint typecheck unit
 
 # Trigger polling benchmark (benchmarks/README.md): about 7-10 minutes on 2 cores; not part of CI.
+# Then the deployment check: 200 mapped deferred generations on real Airflow processes (10-15 min).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/trigger_polling.py --n 100 1000 5000 --repeats 3 --interval 2 --latency 6 --json bench-results.json
+	$(MAKE) bench-deployment
+
+bench-deployment: $(STAMP)
+	$(BIN)/python benchmarks/deployment_check.py --n 200 --json bench-deployment.json
 
 # Re-resolve the dependencies and rewrite constraints.txt (then commit it).
 lock:
@@ -67,4 +72,4 @@ lock:
 	rm -rf .lock-venv
 
 clean:
-	rm -rf $(VENV) .demo demo-output bench-results.json .mypy_cache .ruff_cache .pytest_cache build dist
+	rm -rf $(VENV) .demo demo-output bench-results.json bench-deployment.json .mypy_cache .ruff_cache .pytest_cache build dist
