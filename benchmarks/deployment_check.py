@@ -613,9 +613,6 @@ def measure(args: argparse.Namespace, result: dict[str, Any]) -> Observed:
         extra_env = {
             **emulator.airflow_env(),
             "AIRFLOW__CORE__PARALLELISM": str(args.parallelism),
-            # Airflow's advice "under high load" (default 5 s): on 2 busy cores the api-server can
-            # take longer than that to answer a task's first call, and the task then fails.
-            "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "30",
             # Airflow's defaults where the e2e deployment shortens a loop for quick tests: parsing
             # every 10 s and a 1 s triggerer heartbeat would be CPU this check does not stand for.
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "30",

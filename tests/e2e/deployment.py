@@ -399,6 +399,10 @@ class AirflowDeployment:
             # A task supervisor notices its task's exit only when its select() times out, after up
             # to this many seconds (default 5); a scheduler told to stop waits for it.
             "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
+            # A task's calls to the execution API time out after 5 s by default; on 2 busy cores the
+            # api-server can take longer, and the task then fails before it ran (Airflow's advice
+            # under load is a longer timeout).
+            "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "30",
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
             "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.5",
             "AIRFLOW__SCHEDULER__TRIGGER_TIMEOUT_CHECK_INTERVAL": "2",
