@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from airflow_provider_getimage.emulator import Emulator
 
 #: Seconds per generation: long enough for a sampler polling every 0.3 s to see ``deferred``.
-E2E_LATENCY = 5.0
+E2E_LATENCY = 8.0
 
 
 @pytest.hookimpl(wrapper=True)
