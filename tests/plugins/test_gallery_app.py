@@ -18,7 +18,7 @@ import requests
 from airflow_provider_getimage.plugins.gallery import GetImageGalleryPlugin
 from airflow_provider_getimage.plugins.gallery_page import SECURITY_HEADERS, gallery_path
 from tests import dag_runs
-from tests.plugins.test_gallery_page import Page
+from tests.plugins.page_parser import Page
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

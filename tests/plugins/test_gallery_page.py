@@ -12,7 +12,6 @@ import base64
 import hashlib
 import re
 from datetime import UTC, datetime, timedelta
-from html.parser import HTMLParser
 from urllib.parse import unquote
 
 import pytest
@@ -30,6 +29,7 @@ from airflow_provider_getimage.plugins.gallery_page import (
     render_message,
     safe_image_url,
 )
+from tests.plugins.page_parser import Page
 
 RUN_ID = "manual__2026-01-01T00:00:00+00:00"
 XSS = '<script>alert("x")</script>"><img src=x onerror=alert(1)>&amp;'
@@ -38,39 +38,6 @@ ALLOWED_TAGS = {
     "span", "div", "figure", "a", "img", "figcaption",
 }  # fmt: skip
 URLS = [f"https://cdn.example.com/img/{i}.png?sig=a&b=<c>" for i in range(3)]
-
-
-class Page(HTMLParser):
-    """The page as a browser's tokeniser sees it: tags with their attributes, and the visible text."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(convert_charrefs=True)
-        self.tags: list[tuple[str, dict[str, str | None]]] = []
-        self.text: list[str] = []
-        self._in_style = False
-        self.style = ""
-        self.feed(text)
-        self.close()
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.append((tag, dict(attrs)))
-        self._in_style = tag == "style"
-
-    def handle_endtag(self, tag: str) -> None:
-        self._in_style = False
-
-    def handle_data(self, data: str) -> None:
-        if self._in_style:
-            self.style += data
-        else:
-            self.text.append(data)
-
-    def all(self, tag: str) -> list[dict[str, str | None]]:
-        return [attrs for name, attrs in self.tags if name == tag]
-
-    @property
-    def visible(self) -> str:
-        return "".join(self.text)
 
 
 def task(**changes: object) -> TaskInfo:
