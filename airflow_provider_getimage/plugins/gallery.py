@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["GalleryApp", "GetImageGalleryPlugin"]
 
 PLUGIN_NAME = "getimage_gallery"
-TAB_NAME = "GetImage.io images"
+TAB_NAME = "GetImage.io gallery"
 
 
 class GalleryApp:
