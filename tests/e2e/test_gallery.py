@@ -9,10 +9,6 @@ it points to over HTTP from the API server's plugin, and fetch every image the p
 
 from __future__ import annotations
 
-import os
-import secrets
-import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -20,62 +16,43 @@ import pytest
 import requests
 
 from airflow_provider_getimage.plugins.gallery_page import SECURITY_HEADERS
-from tests.e2e.deployment import AirflowDeployment
+from tests.e2e.gallery import (
+    DAG_ID,
+    LINK_NAME,
+    PROMPT,
+    finished_run,
+    gallery_deployment,
+    gallery_emulator,
+    gallery_link,
+)
 from tests.plugins.page_parser import Page
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from airflow_provider_getimage.emulator import Emulator
+    from tests.e2e.deployment import AirflowDeployment
 
 pytestmark = pytest.mark.e2e
-
-GALLERY_DAGS = Path(__file__).parent / "gallery_dags"
-DAG_ID = "e2e_gallery"
-PROMPT = 'e2e gallery: a <b>bold</b> "fox" & <script>alert(1)</script>'
-LINK_NAME = "GetImage.io images"
 
 
 @pytest.fixture(scope="module")
 def e2e_emulator() -> Iterator[Emulator]:
     """Overrides the package's emulator: 2 s per generation, and a key of its own to search for."""
-    from airflow_provider_getimage.emulator import Emulator
-
-    emulator = Emulator(latency=2.0, seed=0, api_keys=(f"e2e-key-{secrets.token_hex(12)}",)).start()
-    try:
+    with gallery_emulator() as emulator:
         yield emulator
-    finally:
-        emulator.stop()
 
 
 @pytest.fixture(scope="module")
 def airflow_deployment(e2e_emulator: Emulator) -> Iterator[AirflowDeployment]:
-    """The gallery DAG served by a real Airflow; named like the package's, so failures print its logs."""
-    deployment = AirflowDeployment(
-        GALLERY_DAGS,
-        extra_env={
-            **e2e_emulator.airflow_env(),
-            # On a loaded 2-core machine the API server's first execution API calls took 20-50 s;
-            # a task gives up after 5 tries of 5 s. Nothing here is about that path: wait longer.
-            "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "30",
-        },
-        api_apps="all",
-        keep_home=bool(os.environ.get("GETIMAGE_E2E_KEEP_HOME")),
-    )
-    with deployment:
+    """The gallery DAG on a real Airflow; named like the package's fixture, so failures print its logs."""
+    with gallery_deployment(e2e_emulator) as deployment:
         yield deployment
-    print(f"\nairflow deployment: timings {deployment.timings}, stop {deployment.stop_report}")
 
 
 @pytest.fixture(scope="module")
 def run_id(airflow_deployment: AirflowDeployment) -> str:
-    airflow_deployment.wait_until_parsed(DAG_ID)
-    run_id = airflow_deployment.trigger(DAG_ID, {"prompt": PROMPT})
-    started = time.monotonic()
-    state = airflow_deployment.wait_for_run(DAG_ID, run_id, timeout=120)
-    airflow_deployment.timings["run"] = time.monotonic() - started
-    assert state == "success", airflow_deployment.task_states(DAG_ID, run_id)
-    return run_id
+    return finished_run(airflow_deployment)
 
 
 def extra_links(airflow: AirflowDeployment, run_id: str, task_id: str) -> dict[str, Any]:
@@ -87,7 +64,7 @@ def extra_links(airflow: AirflowDeployment, run_id: str, task_id: str) -> dict[s
 def open_gallery(airflow: AirflowDeployment, run_id: str, task_id: str) -> Page:
     """Follow the task's extra link to the plugin page; check the answer is a safe HTML page."""
     link = extra_links(airflow, run_id, task_id)[LINK_NAME]
-    assert link == f"{airflow.api_url}/getimage/gallery/{DAG_ID}/{quote(run_id, safe='')}/{task_id}"
+    assert link == gallery_link(airflow, run_id, task_id)
     response = requests.get(link, timeout=30)
     assert response.status_code == 200, response.text[:2000]
     assert response.headers["content-type"] == "text/html; charset=utf-8"
