@@ -54,6 +54,12 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "extra-links": ["airflow_provider_getimage.links.getimage.GetImageImagesLink"],
+        "plugins": [
+            {
+                "name": "getimage_gallery",
+                "plugin-class": "airflow_provider_getimage.plugins.gallery.GetImageGalleryPlugin",
+            }
+        ],
         "connection-types": [
             {
                 "connection-type": "getimage",

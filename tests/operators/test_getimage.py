@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 import pytest
 
@@ -44,9 +45,9 @@ def test_waits_and_returns_urls(dags: dict[str, DAG], getimage_airflow_conn: Emu
         "negative_prompt": "blurry",
     }, "templated prompt and parameters were rendered and sent untouched"
     assert getimage_airflow_conn.stats()["submissions"] == 1
-    assert dag_runs.xcom(dag_run, "generate", "_link_GetImageImagesLink") == urls[0], (
-        "extra link to the images"
-    )
+    assert dag_runs.xcom(dag_run, "generate", "_link_GetImageImagesLink") == (
+        f"/getimage/gallery/getimage_operator_wait/{quote(dag_run.run_id, safe='')}/generate"
+    ), "extra link to this task instance's gallery page (no [api] base_url here: a path)"
 
 
 def test_submit_only_returns_the_id(dags: dict[str, DAG], getimage_airflow_conn: Emulator) -> None:

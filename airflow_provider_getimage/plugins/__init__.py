@@ -1,0 +1,1 @@
+"""Airflow plugins of the provider: the image gallery served by the API server."""

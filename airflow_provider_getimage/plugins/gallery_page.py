@@ -1,0 +1,360 @@
+"""
+The image gallery page: where it lives and what it shows, as pure functions (no I/O, no Airflow).
+
+The API server plugin (:mod:`~airflow_provider_getimage.plugins.gallery_app`) reads a task
+instance's XComs and hands them here; the extra link (:mod:`~airflow_provider_getimage.links.getimage`)
+builds the same URL. Everything shown is escaped: a prompt is user text and a record comes from a
+remote service, so either may hold markup. The page runs no script at all, and its
+Content-Security-Policy says so, which also keeps an escaping mistake from becoming a script.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlsplit
+
+from airflow_provider_getimage import _rules
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = [
+    "GALLERY_ROUTE",
+    "GALLERY_URL_PREFIX",
+    "SECURITY_HEADERS",
+    "GalleryView",
+    "TaskInfo",
+    "gallery_path",
+    "gallery_url",
+    "parse_map_index",
+    "render_gallery",
+    "render_message",
+    "safe_image_url",
+]
+
+GALLERY_URL_PREFIX = "/getimage"
+"""Where the plugin mounts its FastAPI app in the API server (outside Airflow's reserved prefixes)."""
+GALLERY_ROUTE = "/gallery/{dag_id}/{run_id}/{task_id}"
+"""The page of one task instance, inside the plugin app; ``?map_index=N`` for a mapped one."""
+MAP_INDEX_PLACEHOLDER = "{MAP_INDEX}"
+"""What the UI leaves in an external view's ``href`` on the page of an unmapped task instance."""
+REFRESH_SECONDS = 10
+"""How often a page of an unfinished diffusion reloads itself (a meta refresh: the page has no script)."""
+TEXT_LIMIT = 20_000
+"""Longest prompt or message shown; a longer one is cut, with a note, so a page stays readable."""
+
+_STYLE = """
+:root { color-scheme: light dark; --fg: #1d1d1f; --muted: #5f6368; --line: #d9d9de; --card: #f6f5fb;
+  --ok: #1e7b34; --bad: #b3261e; --run: #8a5a00; }
+@media (prefers-color-scheme: dark) { :root { --fg: #ececf1; --muted: #a8a8b3; --line: #3a3a44;
+  --card: #24232b; --ok: #6fcf86; --bad: #f2948c; --run: #f0c36b; } }
+body { font: 14px/1.5 system-ui, sans-serif; color: var(--fg); margin: 0; padding: 16px 20px; }
+h1 { font-size: 18px; margin: 0 0 4px; }
+.where { color: var(--muted); margin: 0 0 16px; word-break: break-all; }
+dl { display: grid; grid-template-columns: max-content 1fr; gap: 4px 16px; margin: 0 0 16px; }
+dt { color: var(--muted); }
+dd { margin: 0; word-break: break-word; }
+.prompt { white-space: pre-wrap; background: var(--card); border-radius: 6px; padding: 8px 10px;
+  margin: 0 0 16px; }
+.status { font-weight: 600; }
+.status.success { color: var(--ok); } .status.failed { color: var(--bad); }
+.status.running { color: var(--run); }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(200px, 1fr)); gap: 12px; }
+figure { margin: 0; background: var(--card); border-radius: 6px; padding: 6px; }
+figure img { display: block; width: 100%; height: auto; border-radius: 4px; }
+figcaption { color: var(--muted); font-size: 12px; margin-top: 4px; word-break: break-all; }
+.note { color: var(--muted); }
+"""
+_STYLE_HASH = base64.b64encode(hashlib.sha256(_STYLE.encode()).digest()).decode()
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; "
+    "img-src http: https:; "  # the images live on the service's (or the emulator's) host
+    f"style-src 'sha256-{_STYLE_HASH}'; "  # only our own stylesheet: no inline style from a record
+    "base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'self'"  # the Airflow UI shows the page in a task instance tab (same origin)
+)
+SECURITY_HEADERS: Mapping[str, str] = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "SAMEORIGIN",
+    # Image hosts need not learn the Airflow URL (it names the DAG, run and task).
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+# ----------------------------------------------------------------------------------------- URLs
+def gallery_path(dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> str:
+    """
+    The gallery page of one task instance, relative to the API server's root (no leading slash).
+
+    Each id is one percent-encoded path segment, so a run id's ``:`` and ``+`` survive.
+
+    :param dag_id: the DAG of the task instance.
+    :param run_id: its DAG run.
+    :param task_id: its task.
+    :param map_index: its map index; ``-1`` (unmapped) adds no query string.
+    """
+    segments = "/".join(quote(str(part), safe="") for part in (dag_id, run_id, task_id))
+    path = f"{GALLERY_URL_PREFIX.strip('/')}/gallery/{segments}"
+    return path if map_index < 0 else f"{path}?map_index={int(map_index)}"
+
+
+def gallery_url(base_url: str | None, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> str:
+    """
+    The gallery page's URL under the API server's ``[api] base_url``.
+
+    With a base URL (``https://airflow.example.com/sub/``) the URL is absolute, so it works from
+    the UI and for REST API clients alike; without one it is an absolute path (``/getimage/...``),
+    which the browser resolves against the UI's own origin.
+
+    :param base_url: ``[api] base_url``, or None/empty when it is not set.
+    """
+    base = (base_url or "").strip().rstrip("/")
+    return f"{base}/{gallery_path(dag_id, run_id, task_id, map_index)}"
+
+
+def parse_map_index(value: str | None) -> int | None:
+    """
+    The ``map_index`` query parameter as an int; None when it is not one.
+
+    Empty and the UI's unreplaced ``{MAP_INDEX}`` placeholder (the tab of an unmapped task
+    instance) mean -1.
+    """
+    text = (value or "").strip()
+    if text in ("", MAP_INDEX_PLACEHOLDER):
+        return -1
+    try:
+        number = int(text)
+    except ValueError:
+        return None
+    return number if number >= -1 else None
+
+
+def safe_image_url(url: object) -> str | None:
+    """
+    ``url`` if a page may load and link it: ``http``/``https`` with a host; else None.
+
+    A record may hold anything under ``images``: a ``javascript:`` or ``data:`` URL must never
+    become a link.
+    """
+    if not isinstance(url, str) or not url or any(ord(char) < 33 or ord(char) == 127 for char in url):
+        return None
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    return url if parts.scheme.lower() in ("http", "https") and parts.hostname else None
+
+
+# ------------------------------------------------------------------------------------ the data
+@dataclass(frozen=True)
+class TaskInfo:
+    """The task instance a page is about, as read from the metadata database."""
+
+    dag_id: str
+    run_id: str
+    task_id: str
+    map_index: int = -1
+    state: str | None = None
+    start_date: datetime | None = None
+    end_date: datetime | None = None
+
+    @property
+    def label(self) -> str:
+        """``dag / run / task`` (``task[3]`` when mapped), for headings."""
+        task = self.task_id if self.map_index < 0 else f"{self.task_id}[{self.map_index}]"
+        return f"{self.dag_id} / {self.run_id} / {task}"
+
+    @property
+    def finished(self) -> bool:
+        """Whether the task instance ended (it will push no more XCom in this try)."""
+        return self.state in ("success", "failed", "skipped", "upstream_failed", "removed")
+
+
+@dataclass(frozen=True)
+class GalleryView:
+    """
+    Everything one gallery page shows.
+
+    :param task: the task instance the page is about.
+    :param diffusion_id: its diffusion.
+    :param record: the most complete record known for that diffusion (the final one when any task
+        of the run has it); may be empty.
+    :param record_from: the task (``task`` or ``task[3]``) whose XCom holds ``record``, when it is
+        another task instance of the run (the sensor that waited for this operator's diffusion).
+    :param prompt: the prompt, from the record or the task's rendered fields; None when unknown.
+    :param model: the model, likewise.
+    """
+
+    task: TaskInfo
+    diffusion_id: str
+    record: Mapping[str, Any] = field(default_factory=dict)
+    record_from: str | None = None
+    prompt: str | None = None
+    model: str | None = None
+
+
+# ----------------------------------------------------------------------------------- rendering
+def _e(value: object) -> str:
+    """Escape for text and quoted attribute values alike."""
+    return html.escape(str(value), quote=True)
+
+
+def _cut(text: str) -> str:
+    if len(text) <= TEXT_LIMIT:
+        return text
+    return f"{text[:TEXT_LIMIT]}… ({len(text) - TEXT_LIMIT} more characters not shown)"
+
+
+def _parse_time(value: object) -> datetime | None:
+    """An ISO 8601 timestamp as the API writes it (``2023-01-01T00:00:00.000Z``); None if not one."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None  # a naive time cannot be compared
+
+
+def format_duration(seconds: float) -> str:
+    """``0.8 s``, ``42.0 s``, ``3 min 05 s``, ``2 h 01 min``."""
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def diffusion_duration(record: Mapping[str, Any]) -> float | None:
+    """Seconds from ``createdAt`` to ``finishedAt``; None unless both are timestamps in order."""
+    created, finished = _parse_time(record.get("createdAt")), _parse_time(record.get("finishedAt"))
+    if created is None or finished is None or finished < created:
+        return None
+    return (finished - created).total_seconds()
+
+
+def _page(title: str, body: str, *, refresh: bool = False) -> str:
+    meta_refresh = f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">' if refresh else ""
+    return (
+        "<!doctype html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<meta name="referrer" content="no-referrer">'
+        f"{meta_refresh}<title>{_e(title)}</title><style>{_STYLE}</style></head>\n"
+        f"<body>\n{body}\n</body></html>\n"
+    )
+
+
+def _rows(items: list[tuple[str, str]]) -> str:
+    """A definition list; values are already escaped markup."""
+    return "<dl>" + "".join(f"<dt>{_e(name)}</dt><dd>{value}</dd>" for name, value in items) + "</dl>"
+
+
+def _task_rows(task: TaskInfo) -> list[tuple[str, str]]:
+    rows = [("Task state", _e(task.state or "none"))]
+    if task.start_date is not None and task.end_date is not None:
+        seconds = (task.end_date - task.start_date).total_seconds()
+        rows.append(("Task ran", _e(format_duration(seconds))))
+    return rows
+
+
+def render_gallery(view: GalleryView) -> str:
+    """
+    The HTML page of one task instance's diffusion: thumbnails, prompt, model, id, status, timings.
+
+    A diffusion that is not finished yet shows its status and reloads itself every
+    ``REFRESH_SECONDS``; a failed one shows the service's reason.
+    """
+    record = view.record
+    status = record.get("status")
+    outcome = _rules.classify(status) if status is not None else "running"
+    urls = _rules.image_urls(record)
+
+    rows: list[tuple[str, str]] = [
+        ("Diffusion id", f"<code>{_e(view.diffusion_id)}</code>"),
+        (
+            "Status",
+            f'<span class="status {outcome}">{_e(status if status is not None else "unknown")}</span>',
+        ),
+        ("Model", _e(view.model) if view.model else '<span class="note">not recorded</span>'),
+    ]
+    for label, key in (("Created", "createdAt"), ("Finished", "finishedAt")):
+        if record.get(key) is not None:
+            rows.append((label, _e(record[key])))
+    duration = diffusion_duration(record)
+    if duration is not None:
+        rows.append(("Generation took", _e(format_duration(duration))))
+    rows.extend(_task_rows(view.task))
+    if view.record_from:
+        rows.append(("Record from", f"task <code>{_e(view.record_from)}</code> of this run"))
+
+    parts = [
+        "<h1>GetImage.io images</h1>",
+        f'<p class="where">{_e(view.task.label)}</p>',
+        _rows(rows),
+        "<h2>Prompt</h2>",
+        f'<p class="prompt">{_e(_cut(view.prompt))}</p>'
+        if view.prompt
+        else '<p class="note">The prompt was not recorded.</p>',
+    ]
+    if outcome == "failed":
+        parts.append(f'<p class="status failed">{_e(_cut(_rules.failure_message(record)))}</p>')
+    elif outcome == "running":
+        parts.append(
+            f'<p class="note">Not finished yet: this page reloads itself every {REFRESH_SECONDS} seconds.</p>'
+        )
+    if urls:
+        parts.append(f"<h2>Images ({len(urls)})</h2>")
+        parts.append(
+            '<div class="grid">' + "".join(_figure(view, i, url) for i, url in enumerate(urls)) + "</div>"
+        )
+    elif outcome == "success":
+        parts.append('<p class="note">The finished record lists no image.</p>')
+    return _page(f"GetImage.io images · {view.task.task_id}", "\n".join(parts), refresh=outcome == "running")
+
+
+def _figure(view: GalleryView, index: int, url: str) -> str:
+    caption = f"Image {index + 1}"
+    safe = safe_image_url(url)
+    if safe is None:  # shown as text, never loaded or linked
+        text = f"{_e(caption)}: not an http(s) URL: <code>{_e(_cut(url))}</code>"
+        return f"<figure><figcaption>{text}</figcaption></figure>"
+    alt = f"{caption} of diffusion {view.diffusion_id}"
+    return (
+        f'<figure><a href="{_e(safe)}" target="_blank" rel="noopener noreferrer">'
+        f'<img src="{_e(safe)}" alt="{_e(alt)}" decoding="async"></a>'
+        f'<figcaption><a href="{_e(safe)}" target="_blank" rel="noopener noreferrer">{_e(caption)}</a>'
+        "</figcaption></figure>"
+    )
+
+
+def render_message(title: str, message: str, task: TaskInfo | None = None, *, refresh: bool = False) -> str:
+    """
+    A page with no gallery: an unknown task instance, no diffusion yet, no access.
+
+    :param title: the heading.
+    :param message: one sentence saying what is missing and what to do.
+    :param task: the task instance, when it exists (its state is shown).
+    :param refresh: reload every ``REFRESH_SECONDS`` (the task may still submit its diffusion).
+    """
+    parts = ["<h1>" + _e(title) + "</h1>"]
+    if task is not None:
+        parts.append(f'<p class="where">{_e(task.label)}</p>')
+        parts.append(_rows(_task_rows(task)))
+    parts.append(f"<p>{_e(message)}</p>")
+    if refresh:
+        parts.append(f'<p class="note">This page reloads itself every {REFRESH_SECONDS} seconds.</p>')
+    return _page(title, "\n".join(parts), refresh=refresh)

@@ -1,0 +1,86 @@
+"""
+What the gallery's end-to-end test (``tests/e2e/test_gallery.py``) and browser test
+(``tests/ui/test_gallery_browser.py``) share: the deployment, the DAG and its run.
+
+Each test module starts one deployment (about 15 s on an idle 2-core machine) and one run of
+``e2e_gallery`` (a few seconds; the emulator takes 2 s per generation), then only reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+from tests.e2e.deployment import AirflowDeployment
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from airflow_provider_getimage.emulator import Emulator
+
+GALLERY_DAGS = Path(__file__).parent / "gallery_dags"
+DAG_ID = "e2e_gallery"
+#: The run's prompt: markup the gallery must show as text.
+PROMPT = 'e2e gallery: a <b>bold</b> "fox" & <script>alert(1)</script>'
+LINK_NAME = "GetImage.io images"
+LATENCY = 2.0
+RUN_TIMEOUT = 150.0
+
+
+@contextlib.contextmanager
+def gallery_emulator() -> Iterator[Emulator]:
+    """An emulator with a key of its own (so a page can be searched for it), 2 s per generation."""
+    from airflow_provider_getimage.emulator import Emulator
+
+    emulator = Emulator(latency=LATENCY, seed=0, api_keys=(f"e2e-key-{secrets.token_hex(12)}",)).start()
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+
+
+@contextlib.contextmanager
+def gallery_deployment(emulator: Emulator) -> Iterator[AirflowDeployment]:
+    """
+    A real Airflow (every API app, scheduler, dag-processor, triggerer) serving ``gallery_dags/``.
+
+    ``GETIMAGE_E2E_KEEP_HOME=1`` keeps its home (logs, database) for a look afterwards.
+    """
+    deployment = AirflowDeployment(
+        GALLERY_DAGS,
+        extra_env={
+            **emulator.airflow_env(),
+            # On a loaded 2-core machine the API server's first execution API calls took 20-50 s;
+            # a task gives up after 5 tries of 5 s. Nothing here is about that path: wait longer.
+            "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "30",
+        },
+        api_apps="all",
+        keep_home=bool(os.environ.get("GETIMAGE_E2E_KEEP_HOME")),
+    )
+    with deployment:
+        yield deployment
+    print(f"\nairflow deployment: timings {deployment.timings}, stop {deployment.stop_report}")
+
+
+def finished_run(deployment: AirflowDeployment) -> str:
+    """Run ``e2e_gallery`` once with :data:`PROMPT`; return its run id once it succeeded."""
+    deployment.wait_until_parsed(DAG_ID)
+    run_id = deployment.trigger(DAG_ID, {"prompt": PROMPT})
+    started = time.monotonic()
+    state = deployment.wait_for_run(DAG_ID, run_id, timeout=RUN_TIMEOUT)
+    deployment.timings["run"] = time.monotonic() - started
+    if state != "success":
+        raise AssertionError(
+            f"run {run_id} ended {state}: {deployment.task_states(DAG_ID, run_id)}\n{deployment.describe(40)}"
+        )
+    return run_id
+
+
+def gallery_link(deployment: AirflowDeployment, run_id: str, task_id: str) -> str:
+    """Where the task's extra link must point: its page under the API server's base URL."""
+    return f"{deployment.api_url}/getimage/gallery/{DAG_ID}/{quote(run_id, safe='')}/{task_id}"

@@ -1,0 +1,53 @@
+"""The ``getimage_gallery`` plugin's registration, and that loading it costs a task process nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from importlib.metadata import entry_points
+
+from airflow_provider_getimage.get_provider_info import get_provider_info
+from airflow_provider_getimage.plugins.gallery import GalleryApp, GetImageGalleryPlugin
+
+
+def test_entry_point_and_provider_info_name_the_same_plugin() -> None:
+    plugins = entry_points(group="airflow.plugins")
+    (entry,) = [e for e in plugins if e.value.startswith("airflow_provider_getimage")]
+    assert entry.load() is GetImageGalleryPlugin
+    assert entry.name == GetImageGalleryPlugin.name == "getimage_gallery"
+    (declared,) = get_provider_info()["plugins"]
+    assert declared == {
+        "name": "getimage_gallery",
+        "plugin-class": "airflow_provider_getimage.plugins.gallery.GetImageGalleryPlugin",
+    }
+
+
+def test_airflow_accepts_the_plugin_and_its_mount_point() -> None:
+    from airflow.api_fastapi.app import RESERVED_URL_PREFIXES
+    from airflow.plugins_manager import is_valid_plugin
+
+    assert is_valid_plugin(GetImageGalleryPlugin)
+    (app,) = GetImageGalleryPlugin.fastapi_apps
+    assert isinstance(app["app"], GalleryApp)
+    assert not any(app["url_prefix"].startswith(prefix) for prefix in RESERVED_URL_PREFIXES)
+    (view,) = GetImageGalleryPlugin.external_views
+    assert not view["href"].startswith("/"), "relative, so the UI resolves it under its base URL"
+    assert view["destination"] == "task_instance"
+    assert view["url_route"]
+
+
+def test_a_task_process_loads_the_plugin_without_fastapi() -> None:
+    """Workers load plugins for every task (macros): the gallery's app must wait for the API server."""
+    code = (
+        "import sys\n"
+        "import airflow.sdk.execution_time.task_runner\n"
+        "from airflow.sdk.plugins_manager import _get_plugins, integrate_macros_plugins\n"
+        "assert 'fastapi' not in sys.modules, 'imported before the plugin: the test proves nothing'\n"
+        "integrate_macros_plugins()\n"
+        "assert 'getimage_gallery' in [p.name for p in _get_plugins()[0]], _get_plugins()\n"
+        "heavy = ('fastapi', 'airflow_provider_getimage.plugins.gallery_app')\n"
+        "heavy = [m for m in heavy if m in sys.modules]\n"
+        "sys.exit(str(heavy) if heavy else 0)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
