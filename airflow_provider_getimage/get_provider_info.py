@@ -54,12 +54,9 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "extra-links": ["airflow_provider_getimage.links.getimage.GetImageImagesLink"],
-        "plugins": [
-            {
-                "name": "getimage_gallery",
-                "plugin-class": "airflow_provider_getimage.plugins.gallery.GetImageGalleryPlugin",
-            }
-        ],
+        # The gallery plugin is registered by the `airflow.plugins` entry point only: Airflow 3.3
+        # loads that always, and with `[core] lazy_discover_providers = False` it would load a
+        # "plugins" entry here as well and report the second one as an import error.
         "connection-types": [
             {
                 "connection-type": "getimage",

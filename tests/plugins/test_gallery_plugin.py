@@ -5,21 +5,36 @@ from __future__ import annotations
 import subprocess
 import sys
 from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
 
 from airflow_provider_getimage.get_provider_info import get_provider_info
 from airflow_provider_getimage.plugins.gallery import GalleryApp, GetImageGalleryPlugin
 
+if TYPE_CHECKING:
+    import pytest
 
-def test_entry_point_and_provider_info_name_the_same_plugin() -> None:
+
+def test_plugin_is_registered_once_by_entry_point() -> None:
     plugins = entry_points(group="airflow.plugins")
     (entry,) = [e for e in plugins if e.value.startswith("airflow_provider_getimage")]
     assert entry.load() is GetImageGalleryPlugin
     assert entry.name == GetImageGalleryPlugin.name == "getimage_gallery"
-    (declared,) = get_provider_info()["plugins"]
-    assert declared == {
-        "name": "getimage_gallery",
-        "plugin-class": "airflow_provider_getimage.plugins.gallery.GetImageGalleryPlugin",
-    }
+    # Not in the provider info too: with lazy_discover_providers = False, Airflow would load it
+    # twice and list "already registered" as a plugin import error.
+    assert "plugins" not in get_provider_info()
+
+
+def test_eager_provider_discovery_reports_no_plugin_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow import plugins_manager, settings
+
+    monkeypatch.setattr(settings, "LAZY_LOAD_PROVIDERS", False)
+    plugins_manager._get_plugins.cache_clear()
+    try:
+        plugins, errors = plugins_manager._get_plugins()
+        assert "getimage_gallery" in [plugin.name for plugin in plugins]
+        assert not {name: error for name, error in errors.items() if "getimage" in f"{name}{error}"}
+    finally:
+        plugins_manager._get_plugins.cache_clear()
 
 
 def test_airflow_accepts_the_plugin_and_its_mount_point() -> None:
