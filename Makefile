@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test lint typecheck unit bench clean lock test-matrix
+.PHONY: install demo test lint typecheck unit bench clean lock test-matrix dist
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed, found " + sys.version.split()[0])'
@@ -51,6 +51,12 @@ test-matrix: $(foreach version,$(MATRIX),.venv-airflow-$(version)/.installed-sta
 	  echo "== Airflow $$(.venv-airflow-$$version/bin/python -c 'import importlib.metadata as m; print(m.version("apache-airflow"))'): pytest -m 'not e2e'"; \
 	  .venv-airflow-$$version/bin/python -m pytest -m "not e2e" -q; \
 	done
+
+# Wheel and sdist in dist/ (hatchling pinned by constraints.txt), checked by twine.
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/twine check --strict dist/*
 
 # Trigger polling benchmark (benchmarks/README.md): about 7-10 minutes on 2 cores; not part of CI.
 bench: $(STAMP)
