@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install browser demo test lint typecheck unit bench bench-deployment clean lock
+.PHONY: install browser demo test lint typecheck unit bench bench-deployment clean lock test-matrix dist
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed, found " + sys.version.split()[0])'
@@ -52,6 +52,30 @@ unit: $(STAMP) browser
 
 test: lint typecheck unit
 
+# The version matrix (README "Supported versions"): the suite minus the real-process e2e tests on
+# each older Airflow of MATRIX, in .venv-airflow-X.Y locked by constraints/airflow-X.Y.txt.
+# Airflow 3.3 (constraints.txt) is the one `make test` runs.
+MATRIX ?= 3.0
+
+.venv-airflow-%/.installed-stamp: pyproject.toml constraints/airflow-%.txt
+	rm -rf .venv-airflow-$*
+	$(PYTHON) -m venv .venv-airflow-$*
+	.venv-airflow-$*/bin/python -m pip install --quiet "pip==$$(sed -n 's/^pip==//p' constraints/airflow-$*.txt)"
+	PIP_CONSTRAINT=$(CURDIR)/constraints/airflow-$*.txt .venv-airflow-$*/bin/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+test-matrix: $(foreach version,$(MATRIX),.venv-airflow-$(version)/.installed-stamp)
+	@set -e; for version in $(MATRIX); do \
+	  echo "== Airflow $$(.venv-airflow-$$version/bin/python -c 'import importlib.metadata as m; print(m.version("apache-airflow"))'): pytest -m 'not e2e'"; \
+	  .venv-airflow-$$version/bin/python -m pytest -m "not e2e" -q; \
+	done
+
+# Wheel and sdist in dist/ (hatchling pinned by constraints.txt), checked by twine.
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/twine check --strict dist/*
+
 # Trigger polling benchmark (benchmarks/README.md): about 7-10 minutes on 2 cores; not part of CI.
 # Then the deployment check: 200 mapped deferred generations on real Airflow processes (10-15 min).
 bench: $(STAMP)
@@ -72,4 +96,4 @@ lock:
 	rm -rf .lock-venv
 
 clean:
-	rm -rf $(VENV) .demo demo-output bench-results.json bench-deployment.json .mypy_cache .ruff_cache .pytest_cache build dist
+	rm -rf $(VENV) .venv-airflow-* .demo demo-output bench-results.json bench-deployment.json .mypy_cache .ruff_cache .pytest_cache build dist

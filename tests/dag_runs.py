@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tests.airflow_compat import dag_bag
+
 if TYPE_CHECKING:
     from airflow.models.dagrun import DagRun
     from airflow.sdk import DAG
@@ -16,9 +18,7 @@ EXAMPLE_DAGS = REPO / "example_dags"
 
 def parse(path: Path) -> dict[str, DAG]:
     """Parse a DAG file with Airflow's own DagBag; fail on any import error."""
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(path), safe_mode=False)
+    bag = dag_bag(path)
     assert not bag.import_errors, bag.import_errors
     return dict(bag.dags)
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from importlib import resources
 from importlib.metadata import entry_points
+from typing import Any
 
 import jsonschema
 
@@ -52,11 +53,17 @@ def test_every_registered_module_and_class_imports() -> None:
 
 def test_providers_manager_discovers_the_connection_form() -> None:
     from airflow.providers_manager import ProvidersManager
-    from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
+
+    try:
+        from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
+    except ImportError:  # Airflow < 3.2: the one ProvidersManager also knows the hooks
+        runtime: Any = ProvidersManager()
+    else:
+        runtime = ProvidersManagerTaskRuntime()
 
     manager = ProvidersManager()
     assert "airflow-provider-getimage" in manager.providers
-    hook = ProvidersManagerTaskRuntime().hooks["getimage"]
+    hook = runtime.hooks["getimage"]
     assert hook is not None
     assert hook.hook_class_name == "airflow_provider_getimage.hooks.getimage.GetImageHook"
     assert hook.connection_id_attribute_name == "getimage_conn_id"

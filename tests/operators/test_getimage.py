@@ -11,6 +11,7 @@ import pytest
 from airflow_provider_getimage.exceptions import GetImageDiffusionFailed, GetImageTimeoutError
 from airflow_provider_getimage.operators.getimage import GetImageDiffusionOperator
 from tests import dag_runs
+from tests.airflow_compat import airflow_before, requires_airflow
 from tests.fakes import DictTaskStateStore, RecordingTI, task_context
 
 if TYPE_CHECKING:
@@ -185,6 +186,7 @@ def try_once(operator: GetImageDiffusionOperator, store: DictTaskStateStore) -> 
     return result, ti
 
 
+@requires_airflow("3.3", "the task state store (ResumableJobMixin), where a retry finds the id")
 def test_retry_reconnects_to_a_running_diffusion(getimage_airflow_conn: Emulator) -> None:
     store = DictTaskStateStore()
     first = GetImageDiffusionOperator(task_id="gen", prompt="durable", poll_interval=0.05, timeout=0.3)
@@ -199,6 +201,7 @@ def test_retry_reconnects_to_a_running_diffusion(getimage_airflow_conn: Emulator
     assert getimage_airflow_conn.stats()["submissions"] == 1, "reconnected, not resubmitted"
 
 
+@requires_airflow("3.3", "the task state store (ResumableJobMixin), where a retry finds the id")
 def test_retry_after_success_returns_the_result_without_submitting(getimage_airflow_conn: Emulator) -> None:
     store = DictTaskStateStore()
     operator = GetImageDiffusionOperator(task_id="gen", prompt="done already", poll_interval=0.05, timeout=10)
@@ -209,6 +212,7 @@ def test_retry_after_success_returns_the_result_without_submitting(getimage_airf
     assert getimage_airflow_conn.stats()["submissions"] == 1
 
 
+@requires_airflow("3.3", "the task state store (ResumableJobMixin), where a retry finds the id")
 def test_retry_after_failed_diffusion_submits_afresh(getimage_airflow_conn: Emulator) -> None:
     store = DictTaskStateStore()
     getimage_airflow_conn.configure(failing_prompts=("flaky",))
@@ -219,6 +223,20 @@ def test_retry_after_failed_diffusion_submits_afresh(getimage_airflow_conn: Emul
     getimage_airflow_conn.configure(failing_prompts=())
     try_once(GetImageDiffusionOperator(task_id="gen", prompt="a flaky one", poll_interval=0.05), store)
     assert store.values["getimage_diffusion_id"] != failed_id
+    assert getimage_airflow_conn.stats()["submissions"] == 2
+
+
+@pytest.mark.skipif(
+    not airflow_before("3.3"), reason="Airflow 3.3+ has a task state store: the retry tests above apply"
+)
+def test_every_try_submits_where_there_is_no_task_state_store(getimage_airflow_conn: Emulator) -> None:
+    """Below Airflow 3.3 (common-compat's stand-in mixin) a retry submits again, as the README says."""
+    store = DictTaskStateStore()
+    _, first = try_once(GetImageDiffusionOperator(task_id="gen", prompt="again", poll_interval=0.05), store)
+    urls, retry = try_once(GetImageDiffusionOperator(task_id="gen", prompt="again", poll_interval=0.1), store)
+    assert retry.pushed["diffusion_id"] != first.pushed["diffusion_id"]
+    assert urls == retry.pushed["diffusion"]["images"]
+    assert store.values == {}, "nothing kept between tries"
     assert getimage_airflow_conn.stats()["submissions"] == 2
 
 

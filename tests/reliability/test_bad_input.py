@@ -10,6 +10,7 @@ import pytest
 
 from airflow_provider_getimage.exceptions import GetImageError
 from airflow_provider_getimage.operators.getimage import GetImageDiffusionOperator
+from tests.airflow_compat import dag_bag
 from tests.fakes import RecordingTI, task_context
 
 if TYPE_CHECKING:
@@ -40,8 +41,6 @@ def execute(operator: GetImageDiffusionOperator) -> Any:
 )
 def test_bad_arguments_fail_the_dag_parse(arguments: str, named: str, tmp_path: Path) -> None:
     """What is known when the file is parsed fails the parse, as an import error naming it."""
-    from airflow.dag_processing.dagbag import DagBag
-
     dag_file = tmp_path / "bad_dag.py"
     dag_file.write_text(
         textwrap.dedent(
@@ -55,7 +54,7 @@ def test_bad_arguments_fail_the_dag_parse(arguments: str, named: str, tmp_path: 
             """
         )
     )
-    bag = DagBag(dag_folder=str(dag_file), safe_mode=False)
+    bag = dag_bag(dag_file)
     assert "bad" not in bag.dags
     (error,) = bag.import_errors.values()
     assert named in error
