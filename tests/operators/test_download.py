@@ -227,11 +227,16 @@ def test_templates_and_xcom_args_are_checked_when_the_task_runs() -> None:
         ("/data/images/", None, "file:///data/images"),
         ("file:///data/images/", None, "file:///data/images"),
         ("s3://bucket/images/", "aws_default", "s3://aws_default@bucket/images"),
-        (ObjectStoragePath("gs://bucket/x/"), None, "gs://bucket/x"),
+        (("ObjectStoragePath", "gs://bucket/x/"), None, "gs://bucket/x"),
         ("memory://space/x", None, "memory://space/x"),
     ],
 )
 def test_destination_forms(destination: Any, conn_id: str | None, expected: str) -> None:
+    if isinstance(destination, tuple):  # built here, not at collection: see the skip below
+        try:
+            destination = ObjectStoragePath(destination[1])
+        except TypeError as err:  # universal-pathlib before Airflow 3.1
+            pytest.skip(f"this Airflow's ObjectStoragePath needs the Google provider for gs://: {err}")
     path = storage.destination_path(destination, conn_id)
     assert str(path).rstrip("/") == expected
     assert path.conn_id == conn_id
