@@ -177,6 +177,17 @@ def extension(content_type: str) -> str:
     return guessed.lstrip(".") if guessed else "img"
 
 
+def conn_id_of(path: ObjectStoragePath) -> str | None:
+    """The path's Airflow connection id (an attribute since Airflow 3.1; a storage option before)."""
+    conn_id = getattr(path, "conn_id", None) or path.storage_options.get("conn_id")
+    return str(conn_id) if conn_id else None
+
+
+def _options(path: ObjectStoragePath) -> dict[str, Any]:
+    """The path's storage options but its connection (passed on its own)."""
+    return {key: value for key, value in path.storage_options.items() if key != "conn_id"}
+
+
 def destination_path(destination: object, conn_id: str | None = None) -> ObjectStoragePath:
     """
     The destination folder as an ``ObjectStoragePath``, checked without touching the storage.
@@ -188,8 +199,8 @@ def destination_path(destination: object, conn_id: str | None = None) -> ObjectS
     """
     if isinstance(destination, ObjectStoragePath):
         path = destination
-        if conn_id is not None and conn_id != path.conn_id:
-            path = ObjectStoragePath(str(path), conn_id=conn_id, **path.storage_options)
+        if conn_id is not None and conn_id != conn_id_of(path):
+            path = ObjectStoragePath(str(path), conn_id=conn_id, **_options(path))
     elif isinstance(destination, (str, os.PathLike)):
         text = os.fspath(destination).strip()
         if not text:
@@ -217,7 +228,7 @@ def destination_path(destination: object, conn_id: str | None = None) -> ObjectS
             )
         try:
             path = ObjectStoragePath(text, conn_id=conn_id)
-        except ValueError as err:  # a scheme neither Airflow nor fsspec knows
+        except (ValueError, TypeError) as err:  # a scheme neither Airflow nor fsspec knows
             raise ValueError(f"destination {text!r}: no filesystem for scheme {scheme!r} ({err}).") from None
     else:
         raise TypeError(
@@ -225,7 +236,7 @@ def destination_path(destination: object, conn_id: str | None = None) -> ObjectS
             f"got {type(destination).__name__}: {destination!r}."
         )
     if not path.protocol:  # an ObjectStoragePath made from a plain path
-        path = ObjectStoragePath(path.path, protocol="file", conn_id=path.conn_id)
+        path = ObjectStoragePath(path.path, protocol="file", conn_id=conn_id_of(path))
     return path
 
 
@@ -242,10 +253,10 @@ def filesystem(destination: ObjectStoragePath) -> AbstractFileSystem:
     try:
         return destination.fs
     except ValueError as airflow_error:
-        if destination.conn_id is not None:
+        if conn_id_of(destination) is not None:
             raise ValueError(
                 f"destination {destination}: Airflow has no filesystem for scheme "
-                f"{destination.protocol!r}, so connection {destination.conn_id!r} cannot be used "
+                f"{destination.protocol!r}, so connection {conn_id_of(destination)!r} cannot be used "
                 f"(is the provider for {destination.protocol!r} installed?). {airflow_error}"
             ) from None
     import fsspec
@@ -455,6 +466,6 @@ def rendered_destination(destination: Any, render: Any) -> Any:
     """
     if isinstance(destination, ObjectStoragePath) and ("{{" in str(destination) or "{%" in str(destination)):
         return ObjectStoragePath(
-            render(str(destination)), conn_id=destination.conn_id, **destination.storage_options
+            render(str(destination)), conn_id=conn_id_of(destination), **_options(destination)
         )
     return destination

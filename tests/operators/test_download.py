@@ -28,6 +28,7 @@ from airflow_provider_getimage.emulator.images import render_png
 from airflow_provider_getimage.exceptions import GetImageError
 from airflow_provider_getimage.operators.getimage import GetImageDownloadOperator
 from tests import dag_runs
+from tests.airflow_compat import airflow_before
 from tests.operators.image_server import Answer, ImageServer
 
 if TYPE_CHECKING:
@@ -40,6 +41,15 @@ if TYPE_CHECKING:
 
 PNG = render_png("a test picture", 0, 64)
 FAST_RETRIES = _rules.RetryPolicy(backoff_base=0.01, backoff_max=0.02, retry_after_cap=0.05)
+
+
+OLD_PATHS = pytest.mark.skipif(
+    airflow_before("3.3"),
+    reason="Airflow before 3.3 uses universal-pathlib 0.2, whose ObjectStoragePath writes memory:// "
+    "paths as memory:/// and accepts an unknown scheme until it is used (tested here on 3.3 only)",
+)
+#: dag.test() on Airflow 3.3 prints task logs to stdout; older releases keep them in log handlers.
+TASK_LOGS_ON_STDOUT = not airflow_before("3.3")
 
 
 def local_path(uri: str) -> str:
@@ -95,6 +105,7 @@ class TestInDags:
         uris = dag_runs.xcom(dag_run, "download")
         assert [os.path.dirname(local_path(uri)) for uri in uris] == [str(tmp_path / dag_run.run_id)] * 4
 
+    @OLD_PATHS
     def test_memory_destination_other_fsspec_scheme(
         self, dags: dict[str, SdkDAG], getimage_airflow_conn: Emulator
     ) -> None:
@@ -117,7 +128,8 @@ class TestInDags:
         dag_run = dag_runs.run(dags["getimage_download"], dest="nosuchscheme://bucket/images")
         assert dag_runs.states(dag_run) == {("generate", -1): "success", ("download", -1): "failed"}
         assert getimage_airflow_conn.stats()["image_downloads"] == 0
-        assert "destination 'nosuchscheme://bucket/images/manual__" in capfd.readouterr().out
+        if TASK_LOGS_ON_STDOUT:
+            assert "destination 'nosuchscheme://bucket/images/manual__" in capfd.readouterr().out
 
     def test_mapped_generation_one_download_and_mapped_downloads(
         self, dags: dict[str, SdkDAG], getimage_airflow_conn: Emulator, tmp_path: Path
@@ -168,9 +180,9 @@ class TestInDags:
         diffusion_id = dag_runs.xcom(dag_run, "generate", "diffusion_id")
         assert files_in(tmp_path) == [f"named/{diffusion_id}_{index}.png" for index in range(2)]
         picked = dag_runs.xcom(dag_run, "pick")
-        assert (
-            f"No diffusion id for image URL {picked[0]!r}: diffusion_id is not set" in capfd.readouterr().out
-        )
+        if TASK_LOGS_ON_STDOUT:
+            message = f"No diffusion id for image URL {picked[0]!r}: diffusion_id is not set"
+            assert message in capfd.readouterr().out
 
 
 # ------------------------------------------------------------------------------ input checks
@@ -228,7 +240,7 @@ def test_templates_and_xcom_args_are_checked_when_the_task_runs() -> None:
         ("file:///data/images/", None, "file:///data/images"),
         ("s3://bucket/images/", "aws_default", "s3://aws_default@bucket/images"),
         (("ObjectStoragePath", "gs://bucket/x/"), None, "gs://bucket/x"),
-        ("memory://space/x", None, "memory://space/x"),
+        pytest.param("memory://space/x", None, "memory://space/x", marks=OLD_PATHS),
     ],
 )
 def test_destination_forms(destination: Any, conn_id: str | None, expected: str) -> None:
@@ -239,16 +251,17 @@ def test_destination_forms(destination: Any, conn_id: str | None, expected: str)
             pytest.skip(f"this Airflow's ObjectStoragePath needs the Google provider for gs://: {err}")
     path = storage.destination_path(destination, conn_id)
     assert str(path).rstrip("/") == expected
-    assert path.conn_id == conn_id
+    assert storage.conn_id_of(path) == conn_id
 
 
 def test_rendered_objectstoragepath_keeps_its_connection() -> None:
     path = ObjectStoragePath("s3://bucket/{{ run_id }}/", conn_id="aws_images")
     rendered = storage.rendered_destination(path, lambda text: text.replace("{{ run_id }}", "run_1"))
     assert str(rendered) == "s3://aws_images@bucket/run_1"
-    assert rendered.conn_id == "aws_images"
+    assert storage.conn_id_of(rendered) == "aws_images"
 
 
+@OLD_PATHS
 def test_unknown_scheme_names_the_destination() -> None:
     with pytest.raises(ValueError, match="'nosuchscheme://b/x': no filesystem for scheme 'nosuchscheme'"):
         storage.destination_path("nosuchscheme://b/x")

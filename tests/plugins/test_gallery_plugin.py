@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from airflow_provider_getimage.get_provider_info import get_provider_info
 from airflow_provider_getimage.plugins.gallery import GalleryApp, GetImageGalleryPlugin
+from tests.airflow_compat import requires_airflow
 
 if TYPE_CHECKING:
     import pytest
@@ -24,6 +25,7 @@ def test_plugin_is_registered_once_by_entry_point() -> None:
     assert "plugins" not in get_provider_info()
 
 
+@requires_airflow("3.3", "plugins_manager._get_plugins (the plugin loader this test drives)")
 def test_eager_provider_discovery_reports_no_plugin_error(monkeypatch: pytest.MonkeyPatch) -> None:
     from airflow import plugins_manager, settings
 
@@ -37,6 +39,7 @@ def test_eager_provider_discovery_reports_no_plugin_error(monkeypatch: pytest.Mo
         plugins_manager._get_plugins.cache_clear()
 
 
+@requires_airflow("3.3", "api_fastapi.app.RESERVED_URL_PREFIXES and plugin external views")
 def test_airflow_accepts_the_plugin_and_its_mount_point() -> None:
     from airflow.api_fastapi.app import RESERVED_URL_PREFIXES
     from airflow.plugins_manager import is_valid_plugin
@@ -51,6 +54,7 @@ def test_airflow_accepts_the_plugin_and_its_mount_point() -> None:
     assert view["url_route"]
 
 
+@requires_airflow("3.3", "the Task SDK's own plugins_manager")
 def test_a_task_process_loads_the_plugin_without_fastapi() -> None:
     """Workers load plugins for every task (macros): the gallery's app must wait for the API server."""
     code = (
