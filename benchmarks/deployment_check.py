@@ -30,15 +30,12 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import importlib.metadata
 import json
 import logging
 import math
 import os
-import platform
 import secrets
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -48,8 +45,13 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a script: tests/e2e/deployment.py is imported, not copied
-    sys.path.insert(0, str(REPO))
+# Run as a script or loaded by path: tests/e2e/deployment.py and the trigger benchmark's report
+# helpers are imported, not copied.
+for _folder in (REPO, REPO / "benchmarks"):
+    if str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
+
+from trigger_polling import fmt_cell, json_safe, machine_info  # noqa: E402
 
 from tests.e2e.deployment import (  # noqa: E402
     DB_ERRORS,
@@ -354,12 +356,6 @@ def exit_code(check_rows: Sequence[dict[str, Any]]) -> int:
     return 0 if all(row["verdict"] == "PASS" for row in check_rows) else 1
 
 
-def _fmt(value: Any, fmt: str = "{}") -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return fmt.format(value)
-
-
 def render(result: dict[str, Any]) -> str:
     """The markdown report: machine and parameters, the measurements, the checks."""
     machine, params, summary = result["machine"], result["params"], result["summary"]
@@ -368,8 +364,8 @@ def render(result: dict[str, Any]) -> str:
         "",
         f"Machine: {machine['cpu_count']} CPUs, {machine['platform']}, Python {machine['python']}, "
         f"apache-airflow {machine['airflow']}, provider at {machine['git']}; "
-        f"load average {_fmt(machine.get('load_before'), '{:.2f}')} before, "
-        f"{_fmt(machine.get('load_after'), '{:.2f}')} after.",
+        f"load average {fmt_cell(machine.get('load_before'), '{:.2f}')} before, "
+        f"{fmt_cell(machine.get('load_after'), '{:.2f}')} after.",
         f"Deployment: api-server, scheduler (LocalExecutor, parallelism {params['parallelism']}), "
         f"dag-processor, triggerer; {params['database']} metadata database. Emulator: generation "
         f"{params['latency']:g} s, TLS {'on' if params['tls'] else 'off'}; poll interval "
@@ -378,36 +374,36 @@ def render(result: dict[str, Any]) -> str:
     if params.get("database_note"):
         lines.append(f"Note: {params['database_note']}")
     rows: list[tuple[str, str]] = [
-        ("wall s (trigger of the run to all success)", _fmt(summary["wall_s"], "{:.1f}")),
-        ("all submitted at s", _fmt(summary["all_submitted_s"], "{:.1f}")),
+        ("wall s (trigger of the run to all success)", fmt_cell(summary["wall_s"], "{:.1f}")),
+        ("all submitted at s", fmt_cell(summary["all_submitted_s"], "{:.1f}")),
         (
             "deferred at once (peak, at s)",
             f"{summary['deferred_peak']} of {summary['n']} "
-            f"(at {_fmt(summary['deferred_peak_at_s'], '{:.1f}')})",
+            f"(at {fmt_cell(summary['deferred_peak_at_s'], '{:.1f}')})",
         ),
-        ("triggerer CPU s (user + sys, process tree)", _fmt(summary["triggerer_cpu_s"], "{:.2f}")),
+        ("triggerer CPU s (user + sys, process tree)", fmt_cell(summary["triggerer_cpu_s"], "{:.2f}")),
         (
             "triggerer CPU % of one core over the wall time",
-            _fmt(summary["triggerer_cpu_pct_of_core"], "{:.1f}"),
+            fmt_cell(summary["triggerer_cpu_pct_of_core"], "{:.1f}"),
         ),
         (
             "triggerer CPU % of one core before the run (idle)",
-            _fmt(summary["triggerer_idle_cpu_pct"], "{:.1f}"),
+            fmt_cell(summary["triggerer_idle_cpu_pct"], "{:.1f}"),
         ),
         (
             "triggerer CPU s above its idle rate over the wall time",
-            _fmt(summary["triggerer_cpu_above_idle_s"], "{:.2f}"),
+            fmt_cell(summary["triggerer_cpu_above_idle_s"], "{:.2f}"),
         ),
-        ("triggerer CPU ms / triggerer poll", _fmt(summary["triggerer_cpu_ms_per_poll"], "{:.2f}")),
+        ("triggerer CPU ms / triggerer poll", fmt_cell(summary["triggerer_cpu_ms_per_poll"], "{:.2f}")),
         (
             "trigger runner process: CPU s / ms per poll",
-            f"{_fmt(summary['runner_cpu_s'], '{:.2f}')} / "
-            f"{_fmt(summary['runner_cpu_ms_per_poll'], '{:.2f}')}",
+            f"{fmt_cell(summary['runner_cpu_s'], '{:.2f}')} / "
+            f"{fmt_cell(summary['runner_cpu_ms_per_poll'], '{:.2f}')}",
         ),
         (
             "triggerer RSS MB: idle / peak (process tree)",
-            f"{_fmt(summary['triggerer_idle_rss_mb'], '{:.0f}')} / "
-            f"{_fmt(summary['triggerer_peak_rss_mb'], '{:.0f}')}",
+            f"{fmt_cell(summary['triggerer_idle_rss_mb'], '{:.0f}')} / "
+            f"{fmt_cell(summary['triggerer_peak_rss_mb'], '{:.0f}')}",
         ),
         (
             "polls (GET): all / by the triggerer",
@@ -415,7 +411,7 @@ def render(result: dict[str, Any]) -> str:
         ),
         (
             "polls / generation: mean / max (bound)",
-            f"{_fmt(summary['polls_per_generation_mean'], '{:.2f}')} / "
+            f"{fmt_cell(summary['polls_per_generation_mean'], '{:.2f}')} / "
             f"{summary['polls_per_generation_max']} ({summary['polls_bound']})",
         ),
         ("TCP connections the emulator accepted", str(summary["connections"])),
@@ -443,44 +439,6 @@ def render(result: dict[str, Any]) -> str:
     if summary["over_bound"]:
         lines += ["", f"Polled more than the bound: {summary['over_bound'][:5]}"]
     return "\n".join(lines)
-
-
-def _no_nan(value: Any) -> Any:
-    """NaN as null: ``json.dumps`` would write ``NaN``, which is not JSON."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _no_nan(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_no_nan(item) for item in value]
-    return value
-
-
-def machine_info() -> dict[str, Any]:
-    def version(dist: str) -> str:
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            return "not installed"
-
-    git = "unknown"
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        git = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    return {
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "airflow": version("apache-airflow"),
-        "aiohttp": version("aiohttp"),
-        "git": git,
-    }
 
 
 # -------------------------------------------------------------------------------- measurement
@@ -771,7 +729,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     print(render(result), flush=True)
     if args.json_path:
-        Path(args.json_path).write_text(json.dumps(_no_nan(result), indent=2) + "\n")
+        Path(args.json_path).write_text(json.dumps(json_safe(result), indent=2) + "\n")
     return exit_code(result["checks"])
 
 

@@ -833,7 +833,8 @@ def targets(
     return checks
 
 
-def _fmt(value: Any, fmt: str) -> str:
+def fmt_cell(value: Any, fmt: str = "{}") -> str:
+    """A table cell: ``-`` for a missing number (None or NaN)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     return fmt.format(value)
@@ -858,7 +859,7 @@ def render(result: dict[str, Any]) -> str:
         "|---:|---|" + "---:|" * len(COLUMNS) + "---|",
     ]
     for row in result["summary"]:
-        cells = [_fmt(row[key], fmt) for key, _header, fmt in COLUMNS]
+        cells = [fmt_cell(row[key], fmt) for key, _header, fmt in COLUMNS]
         lines.append(
             f"| {row['n']} | {row['mode']} | " + " | ".join(cells) + f" | {row['kept_up']}/{row['repeats']} |"
         )
@@ -869,13 +870,14 @@ def render(result: dict[str, Any]) -> str:
     ]
     for entry in result["ratios"]:
         lines.append(
-            f"| {entry['n']} | {_fmt(entry.get('baseline_over_provider'), '{:.2f}x')} "
-            f"| {_fmt(entry.get('provider_over_floor'), '{:.2f}x')} |"
+            f"| {entry['n']} | {fmt_cell(entry.get('baseline_over_provider'), '{:.2f}x')} "
+            f"| {fmt_cell(entry.get('provider_over_floor'), '{:.2f}x')} |"
         )
     lines += ["", "| target | value | limit | verdict |", "|---|---:|---|---|"]
     for item in result["targets"]:
         lines.append(
-            f"| {item['target']} | {_fmt(item['value'], '{:.2f}')} | {item['limit']} | {item['verdict']} |"
+            f"| {item['target']} | {fmt_cell(item['value'], '{:.2f}')} | {item['limit']} "
+            f"| {item['verdict']} |"
         )
     behind = [
         f"N={row['n']} {row['mode']} ({row['repeats'] - row['kept_up']} of {row['repeats']})"
@@ -917,14 +919,14 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _no_nan(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """NaN (an empty percentile) as null: ``json.dumps`` would write ``NaN``, which is not JSON."""
     if isinstance(value, float) and math.isnan(value):
         return None
     if isinstance(value, dict):
-        return {key: _no_nan(item) for key, item in value.items()}
+        return {key: json_safe(item) for key, item in value.items()}
     if isinstance(value, list):
-        return [_no_nan(item) for item in value]
+        return [json_safe(item) for item in value]
     return value
 
 
@@ -1058,7 +1060,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(render(result), flush=True)
     if args.json_path:
-        Path(args.json_path).write_text(json.dumps(_no_nan(result), indent=2) + "\n")
+        Path(args.json_path).write_text(json.dumps(json_safe(result), indent=2) + "\n")
     if args.check and any(item["verdict"] == "FAIL" for item in result["targets"]):
         return 1
     return 0

@@ -301,7 +301,7 @@ def test_render_and_json_without_measurements():
     text = dc.render(result)
     assert "| triggerer CPU ms / triggerer poll | - |" in text
     assert "Note: PostgreSQL not reachable" in text
-    json.loads(json.dumps(dc._no_nan(result), allow_nan=False))
+    json.loads(json.dumps(dc.json_safe(result), allow_nan=False))
 
 
 # ----------------------------------------------------------------------------------- database
