@@ -1,9 +1,9 @@
 """
-What the gallery's end-to-end test (``tests/e2e/test_gallery.py``) and browser test
-(``tests/ui/test_gallery_browser.py``) share: the deployment, the DAG and its run.
+The gallery's end-to-end set-up (``tests/ui/test_gallery.py``): the deployment, the DAG and its run.
 
-Each test module starts one deployment (about 15 s on an idle 2-core machine) and one run of
-``e2e_gallery`` (a few seconds; the emulator takes 2 s per generation), then only reads.
+The module starts one deployment (about 15 s on an idle 2-core machine) and one run of
+``e2e_gallery`` (a few seconds; the emulator takes 2 s per generation); its HTTP tests and its
+browser tests then only read.
 """
 
 from __future__ import annotations

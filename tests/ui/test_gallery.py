@@ -1,5 +1,10 @@
 """
-The image gallery in a real browser: Airflow's UI -> task instance -> extra link -> images load.
+The image gallery on a real Airflow deployment: extra link -> plugin page -> images.
+
+Over HTTP, as the UI does: each task's extra link from the REST API, the plugin page it points to
+(safe headers, no script, no key), and every image on it answering as a PNG.
+
+In a real browser: Airflow's UI -> task instance -> extra link -> images load.
 
 Headless Chromium (``tests/ui/conftest.py``) drives the UI of a real deployment (every API app,
 scheduler, dag-processor, triggerer; no login: all users are admins) after one run of
@@ -7,7 +12,8 @@ scheduler, dag-processor, triggerer; no login: all users are admins) after one r
 opens the task instance's Details tab, clicks the **GetImage.io images** extra link, and checks
 the gallery page: every ``<img>`` decoded (``naturalWidth > 0``), the prompt shown as text, no
 script run. The same page as the task instance's **GetImage.io gallery** tab (an iframe) too.
-A screenshot of each page is saved under the test's ``tmp_path``.
+A screenshot of each page is saved under the test's ``tmp_path``. One deployment and one DAG run
+serve both kinds of test; without Chromium only the browser tests skip.
 """
 
 from __future__ import annotations
@@ -16,8 +22,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import pytest
+import requests
 
 from airflow_provider_getimage.plugins.gallery import TAB_NAME
+from airflow_provider_getimage.plugins.gallery_page import SECURITY_HEADERS
 from tests.e2e.gallery import (
     DAG_ID,
     LINK_NAME,
@@ -27,6 +35,7 @@ from tests.e2e.gallery import (
     gallery_emulator,
     gallery_link,
 )
+from tests.plugins.page_parser import Page as HtmlPage
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -65,6 +74,82 @@ def run_id(airflow: AirflowDeployment) -> str:
     return finished_run(airflow)
 
 
+# -- over HTTP ------------------------------------------------------------------------------
+def extra_links(airflow: AirflowDeployment, run_id: str, task_id: str) -> dict[str, Any]:
+    """What the UI's Details tab shows: ``GET .../taskInstances/{task}/links``."""
+    path = f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}/taskInstances/{task_id}/links"
+    return dict(airflow.api("GET", path)["extra_links"])
+
+
+def open_gallery(airflow: AirflowDeployment, run_id: str, task_id: str) -> HtmlPage:
+    """Follow the task's extra link to the plugin page; check the answer is a safe HTML page."""
+    link = extra_links(airflow, run_id, task_id)[LINK_NAME]
+    assert link == gallery_link(airflow, run_id, task_id)
+    response = requests.get(link, timeout=30)
+    assert response.status_code == 200, response.text[:2000]
+    assert response.headers["content-type"] == "text/html; charset=utf-8"
+    for name, value in SECURITY_HEADERS.items():
+        assert response.headers[name] == value
+    return HtmlPage(response.text)
+
+
+def assert_images_load(page: HtmlPage, urls: list[str]) -> None:
+    """The page shows exactly the task's images, and each one answers as a PNG."""
+    assert [img["src"] for img in page.all("img")] == urls
+    for url in urls:
+        image = requests.get(url, timeout=10)
+        assert image.status_code == 200
+        assert image.headers["content-type"] == "image/png"
+        assert image.content.startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def assert_safe(page: HtmlPage, raw: str, key: str) -> None:
+    assert "script" not in {tag for tag, _ in page.tags}
+    assert "b" not in {tag for tag, _ in page.tags}
+    assert all(not name.startswith("on") for _, attrs in page.tags for name in attrs)
+    assert key not in raw
+
+
+def test_operator_link_opens_its_gallery(airflow: AirflowDeployment, run_id: str, emulator: Emulator) -> None:
+    urls = airflow.xcom(DAG_ID, run_id, "generate")
+    diffusion_id = airflow.xcom(DAG_ID, run_id, "generate", "diffusion_id")
+    page = open_gallery(airflow, run_id, "generate")
+
+    assert_images_load(page, urls)
+    for text in (PROMPT, diffusion_id, "midjourney", "FINISHED", "Generation took", "Task statesuccess"):
+        assert text in page.visible
+    raw = requests.get(extra_links(airflow, run_id, "generate")[LINK_NAME], timeout=30).text
+    assert_safe(page, raw, emulator.api_key)
+
+
+def test_sensor_and_submitter_links_open_the_same_diffusion(
+    airflow: AirflowDeployment, run_id: str, emulator: Emulator
+) -> None:
+    urls = airflow.xcom(DAG_ID, run_id, "wait")
+    diffusion_id = airflow.xcom(DAG_ID, run_id, "submit", "diffusion_id")
+
+    sensor = open_gallery(airflow, run_id, "wait")
+    assert_images_load(sensor, urls)
+    assert diffusion_id in sensor.visible
+    assert f"{PROMPT} (then a sensor)" in sensor.visible
+
+    submit = open_gallery(airflow, run_id, "submit")
+    assert_images_load(submit, urls)  # its own record is the submission's (NEW): the sensor's is shown
+    assert "Record fromtask wait of this run" in submit.visible
+
+
+def test_the_plugin_runs_in_the_api_server(airflow: AirflowDeployment, run_id: str) -> None:
+    plugins = airflow.api("GET", "/api/v2/plugins")["plugins"]
+    (gallery,) = [plugin for plugin in plugins if plugin["name"] == "getimage_gallery"]
+    assert gallery["external_views"][0]["destination"] == "task_instance"
+    assert airflow.api("GET", "/api/v2/plugins/importErrors")["total_entries"] == 0
+
+    missing = requests.get(f"{airflow.api_url}/getimage/gallery/{DAG_ID}/no_such_run/generate", timeout=30)
+    assert missing.status_code == 404
+    assert "Airflow has no task instance" in HtmlPage(missing.text).visible
+
+
+# -- in Chromium ------------------------------------------------------------------------------
 def task_url(airflow: AirflowDeployment, run_id: str, task_id: str, tab: str) -> str:
     return f"{airflow.api_url}/dags/{DAG_ID}/runs/{quote(run_id, safe='')}/tasks/{task_id}/{tab}"
 
