@@ -113,41 +113,41 @@ def _uses_browser(item: pytest.Item) -> bool:
     return "browser" in getattr(item, "fixturenames", ())
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+def _playwright_loop_around(item: pytest.Item) -> Generator[None, None, None]:
+    """Show Playwright's loop during a phase of a browser test only; hide it afterwards."""
     if _uses_browser(item):
         _PlaywrightLoop.show()
     try:
         return (yield)
     finally:
         _PlaywrightLoop.hide()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    return (yield from _playwright_loop_around(item))
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
-    if _uses_browser(item):
-        _PlaywrightLoop.show()
-    try:
-        return (yield)
-    finally:
-        _PlaywrightLoop.hide()
+    return (yield from _playwright_loop_around(item))
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, None, None]:
-    if _uses_browser(item):
-        _PlaywrightLoop.show()
-    try:
-        return (yield)
-    finally:
-        _PlaywrightLoop.hide()
+    return (yield from _playwright_loop_around(item))
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """Keep each phase's report on the item, so ``page`` knows whether its test failed."""
+    """
+    Keep each phase's report on the item, so ``page`` knows whether its test failed.
+
+    The twin of the hook in ``tests/conftest.py``, kept here so that this file works on its own
+    (``test_browser_fixtures`` runs it in a project of its own).
+    """
     report = yield
     setattr(item, f"ui_report_{call.when}", report)
     return report
