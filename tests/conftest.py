@@ -21,9 +21,21 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Generator, Iterator
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Keep each phase's report on the item (``report_call``...), for :mod:`tests.reports`."""
+    report = yield
+    setattr(item, f"report_{call.when}", report)
+    return report
+
+
 AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="getimage-test-airflow-"))
 BUNDLES = [
     {

@@ -16,25 +16,16 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.e2e.deployment import AirflowDeployment
+from tests.reports import print_log_tails_if_failed
 
 if TYPE_CHECKING:
-    from collections.abc import Generator, Iterator
+    from collections.abc import Iterator
     from pathlib import Path
 
     from airflow_provider_getimage.emulator import Emulator
 
 #: Seconds per generation: long enough for a sampler polling every 0.3 s to see ``deferred``.
 E2E_LATENCY = 8.0
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, object, object]:
-    """Keep each phase's report on the item, so a fixture can tell that its test failed."""
-    report = yield
-    setattr(item, f"e2e_report_{call.when}", report)
-    return report
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +68,4 @@ def airflow_deployment(e2e_emulator: Emulator, e2e_output_dir: Path) -> Iterator
 def _airflow_logs_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
     """Print each component's log tail when a test using the deployment fails."""
     yield
-    report = getattr(request.node, "e2e_report_call", None)
-    if report is not None and report.failed and "airflow_deployment" in request.fixturenames:
-        deployment: AirflowDeployment = request.getfixturevalue("airflow_deployment")
-        print(f"\n===== Airflow deployment after {request.node.nodeid} failed =====")
-        print(deployment.describe(lines=80))
+    print_log_tails_if_failed(request, "airflow_deployment")

@@ -28,6 +28,7 @@ from airflow import __version__ as airflow_version
 
 from airflow_provider_getimage.get_provider_info import get_provider_info
 from tests.e2e.deployment import AirflowDeployment
+from tests.reports import print_log_tails_if_failed
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -76,11 +77,7 @@ def airflow_ui() -> Iterator[AirflowDeployment]:
 def _api_server_log_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
     """The api-server's log tail when a test using it fails: the reason is usually there."""
     yield
-    report = getattr(request.node, "ui_report_call", None)
-    if report is not None and report.failed and "airflow_ui" in request.fixturenames:
-        deployment: AirflowDeployment = request.getfixturevalue("airflow_ui")
-        print(f"\n===== api-server after {request.node.nodeid} failed =====")
-        print(deployment.describe(lines=80))
+    print_log_tails_if_failed(request, "airflow_ui")
 
 
 def refusal(base_url: str) -> str:
