@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from airflow import __version__ as airflow_version
 from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
 from airflow.api_fastapi.common.db.common import SessionDep  # noqa: TC002 (FastAPI reads it at runtime)
 from airflow.api_fastapi.core_api.security import requires_access_dag
@@ -26,6 +27,7 @@ from airflow.models.taskinstance import TaskInstance
 from airflow.models.xcom import XComModel
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse
+from packaging.version import Version
 from sqlalchemy import select
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -186,8 +188,20 @@ def _html(content: str, status_code: int = 200) -> HTMLResponse:
     return HTMLResponse(content, status_code=status_code, headers=dict(SECURITY_HEADERS))
 
 
+#: Airflow 3.1.1 is the first whose API server reads the UI's login cookie on every request, so a
+#: link or a tab of the UI carries the login to this page; before it, the UI sends its token only
+#: as a header of its own API calls, which a plain link cannot carry.
+UI_LOGIN_REACHES_PLUGINS = Version(airflow_version).release >= (3, 1, 1)
+
+_NOT_LOGGED_IN = (
+    "Log in to Airflow, then reload this page."
+    if UI_LOGIN_REACHES_PLUGINS
+    else f"Airflow {airflow_version}'s UI does not pass its login on to plugin pages (Airflow 3.1.1 "
+    "and later do), so this page needs an API token: send it as 'Authorization: Bearer <token>' "
+    "(POST /auth/token gives one), or upgrade Airflow."
+)
 _ERRORS = {
-    401: ("Not logged in", "Log in to Airflow, then reload this page."),
+    401: ("Not logged in", _NOT_LOGGED_IN),
     403: ("Not allowed", "Your Airflow role may not read this DAG's task instances and XComs."),
     404: ("Not found", "There is no such page."),
 }
