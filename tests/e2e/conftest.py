@@ -10,12 +10,11 @@ component's log is printed, since the reason is usually there and the home is de
 from __future__ import annotations
 
 import os
-import secrets
 from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.e2e.deployment import AirflowDeployment
+from tests.e2e.deployment import AirflowDeployment, keyed_emulator
 from tests.reports import print_log_tails_if_failed
 
 if TYPE_CHECKING:
@@ -31,14 +30,8 @@ E2E_LATENCY = 8.0
 @pytest.fixture(scope="module")
 def e2e_emulator() -> Iterator[Emulator]:
     """An emulator shared by the module; each run uses its own prompt, so counts stay per run."""
-    from airflow_provider_getimage.emulator import Emulator
-
-    # A key of its own, so a search of the logs and the database for it has no false positive.
-    emulator = Emulator(latency=E2E_LATENCY, seed=0, api_keys=(f"e2e-key-{secrets.token_hex(12)}",)).start()
-    try:
+    with keyed_emulator(E2E_LATENCY) as emulator:
         yield emulator
-    finally:
-        emulator.stop()
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +54,7 @@ def airflow_deployment(e2e_emulator: Emulator, e2e_output_dir: Path) -> Iterator
     )
     with deployment:
         yield deployment
-    print(f"\nairflow deployment: timings {deployment.timings}, stop {deployment.stop_report}")
+    print(f"\nairflow deployment: {deployment.report()}")
 
 
 @pytest.fixture(autouse=True)

@@ -52,6 +52,8 @@ import requests
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping
 
+    from airflow_provider_getimage.emulator import Emulator
+
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_DAGS = REPO / "example_dags"
 AIRFLOW_BIN = Path(sys.executable).with_name("airflow")
@@ -67,6 +69,17 @@ POLL_INTERVAL = 0.5
 STOP_GRACE = 5.0
 
 T = TypeVar("T")
+
+
+def keyed_emulator(latency: float) -> Emulator:
+    """
+    A started emulator that accepts a key of its own, so a search of logs and tables has no false hit.
+
+    Use it as a context manager (``with keyed_emulator(5) as emulator``) to have it stopped.
+    """
+    from airflow_provider_getimage.emulator import Emulator
+
+    return Emulator(latency=latency, seed=0, api_keys=(f"e2e-key-{secrets.token_hex(12)}",)).start()
 
 
 class DeploymentError(RuntimeError):
@@ -602,6 +615,10 @@ class AirflowDeployment:
         atexit.unregister(self.stop)
         if self._home_to_delete is not None:
             shutil.rmtree(self._home_to_delete, ignore_errors=True)
+
+    def report(self) -> str:
+        """How long start-up took and how each component stopped, for a test's output."""
+        return f"timings {self.timings}, stop {self.stop_report}"
 
     def _remember(self, component: Component) -> None:
         """

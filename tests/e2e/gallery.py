@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,18 +32,6 @@ RUN_TIMEOUT = 150.0
 
 
 @contextlib.contextmanager
-def gallery_emulator() -> Iterator[Emulator]:
-    """An emulator with a key of its own (so a page can be searched for it), 2 s per generation."""
-    from airflow_provider_getimage.emulator import Emulator
-
-    emulator = Emulator(latency=LATENCY, seed=0, api_keys=(f"e2e-key-{secrets.token_hex(12)}",)).start()
-    try:
-        yield emulator
-    finally:
-        emulator.stop()
-
-
-@contextlib.contextmanager
 def gallery_deployment(emulator: Emulator) -> Iterator[AirflowDeployment]:
     """
     A real Airflow (every API app, scheduler, dag-processor, triggerer) serving ``gallery_dags/``.
@@ -64,7 +51,7 @@ def gallery_deployment(emulator: Emulator) -> Iterator[AirflowDeployment]:
     )
     with deployment:
         yield deployment
-    print(f"\nairflow deployment: timings {deployment.timings}, stop {deployment.stop_report}")
+    print(f"\nairflow deployment: {deployment.report()}")
 
 
 def finished_run(deployment: AirflowDeployment) -> str:

@@ -19,7 +19,6 @@ import functools
 import importlib.util
 import json
 import os
-import secrets
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from tests.e2e.deployment import (
     AirflowDeployment,
     DatabaseUnavailable,
     TaskProcesses,
+    keyed_emulator,
     postgres_database,
 )
 
@@ -61,13 +61,6 @@ TASK_HEARTBEAT_TIMEOUT = 6
 TRIGGERER_THRESHOLD = 4.0
 #: ``GETIMAGE_E2E_KEEP_HOME=1`` keeps each deployment's home (logs, sqlite database) to look at.
 KEEP_HOME = bool(os.environ.get("GETIMAGE_E2E_KEEP_HOME"))
-
-
-def start_emulator(latency: float) -> Emulator:
-    """An emulator with a key of its own, so nothing else can put that key in a log or table."""
-    from airflow_provider_getimage.emulator import Emulator
-
-    return Emulator(latency=latency, seed=0, api_keys=(f"e2e-key-{secrets.token_hex(12)}",)).start()
 
 
 @contextlib.contextmanager
@@ -262,7 +255,7 @@ def crashes() -> Iterator[Crashes]:
     The latency (20 s) leaves each retry several seconds of a diffusion still rendering, also
     after the 6 s heartbeat timeout, so the retries take the reconnect path, not "already done".
     """
-    emulator = start_emulator(latency=20.0)
+    emulator = keyed_emulator(latency=20.0)
     settings = {
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(TASK_HEARTBEAT_TIMEOUT),
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "1",
@@ -316,7 +309,7 @@ def crashes() -> Iterator[Crashes]:
             airflow.restart("triggerer")
             yield done
     finally:
-        print(f"\nsqlite crashes: timings {airflow.timings}, stop {airflow.stop_report}")
+        print(f"\nsqlite crashes: {airflow.report()}")
         emulator.stop()
 
 
@@ -431,7 +424,7 @@ def test_two_triggerers_on_postgres_one_killed(postgres_url: str) -> None:
     settings = {"AIRFLOW__TRIGGERER__CAPACITY": "10", "AIRFLOW__CORE__PARALLELISM": "6"}
     with contextlib.ExitStack() as stack:
         # All 20 are deferred and polled 12-17 s after the trigger on 2 cores: 24 s leaves a margin.
-        emulator = stack.enter_context(start_emulator(latency=24.0))
+        emulator = stack.enter_context(keyed_emulator(latency=24.0))
         airflow = AirflowDeployment(
             DAGS,
             extra_env={**emulator.airflow_env(), **settings},
@@ -439,7 +432,7 @@ def test_two_triggerers_on_postgres_one_killed(postgres_url: str) -> None:
             components=(*COMPONENTS, "triggerer-2"),
             keep_home=KEEP_HOME,
         )
-        stack.callback(lambda: print(f"postgres HA: timings {airflow.timings}, stop {airflow.stop_report}"))
+        stack.callback(lambda: print(f"postgres HA: {airflow.report()}"))
         stack.enter_context(airflow)
         stack.enter_context(described_on_failure(airflow))
 

@@ -70,7 +70,7 @@ def airflow_ui() -> Iterator[AirflowDeployment]:
     )
     with deployment:
         yield deployment
-    print(f"\nairflow api-server: timings {deployment.timings}, stop {deployment.stop_report}")
+    print(f"\nairflow api-server: {deployment.report()}")
 
 
 @pytest.fixture(autouse=True)

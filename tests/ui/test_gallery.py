@@ -26,13 +26,14 @@ import requests
 
 from airflow_provider_getimage.plugins.gallery import TAB_NAME
 from airflow_provider_getimage.plugins.gallery_page import SECURITY_HEADERS
+from tests.e2e.deployment import keyed_emulator
 from tests.e2e.gallery import (
     DAG_ID,
+    LATENCY,
     LINK_NAME,
     PROMPT,
     finished_run,
     gallery_deployment,
-    gallery_emulator,
     gallery_link,
 )
 from tests.plugins.page_parser import Page as HtmlPage
@@ -59,7 +60,7 @@ ALL_DECODED_JS = (
 
 @pytest.fixture(scope="module")
 def emulator() -> Iterator[Emulator]:
-    with gallery_emulator() as started:
+    with keyed_emulator(LATENCY) as started:
         yield started
 
 
