@@ -1,73 +1,175 @@
 """
-How a poll is read: the same rules for the worker's wait, the sensor and the trigger.
+The one judge of a poll: the worker's wait, the sensor and the trigger all read a diffusion here.
 
-Kept apart from the hooks (requests, aiohttp, the HTTP provider) so the trigger module stays light:
-the triggerer imports a trigger's module inside its event loop.
+A :class:`DiffusionWatch` follows one diffusion: it remembers its status (so each change is logged
+once), keeps the clock and the deadline, and turns a polled record or a failed poll into one
+:class:`Poll` value. The callers only fetch, sleep and act on the outcome. Kept apart from the
+hooks (requests, aiohttp, the HTTP provider) so the trigger module stays light, and from the
+operators so the sensor and the trigger import neither.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
 from airflow_provider_getimage import _rules
-from airflow_provider_getimage.exceptions import GetImageDiffusionFailed, GetImageError
+from airflow_provider_getimage.exceptions import (
+    GetImageDiffusionFailed,
+    GetImageError,
+    GetImageTimeoutError,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Awaitable, Callable, Mapping
 
-__all__ = ["Poll", "diffusion_failed", "poll_error", "read_poll"]
+    from airflow.providers.common.compat.sdk import Context
+
+__all__ = [
+    "DiffusionWatch",
+    "Outcome",
+    "Poll",
+    "diffusion_failed",
+    "push_finished",
+    "result_from_event",
+]
+
+Outcome = Literal["success", "failed", "running", "error"]
+"""What a poll says of the wait: done, failed for good, not yet (or an outage), or cannot go on."""
 
 
 @dataclass(frozen=True)
 class Poll:
-    """What one poll came to: the classified status and the record (empty when there was none)."""
-
-    outcome: _rules.Classification
-    record: dict[str, Any]
-
-
-def poll_error(log: Any, diffusion_id: str, error: GetImageError) -> Poll:
     """
-    Judge a poll that failed after the hook's retries: the same way for the worker, sensor, trigger.
+    What one poll came to.
 
-    A transient error (network, 5xx, 429) counts as still running, so an outage never ends a
-    wait of minutes; any other error (a refused key, an unknown id) is raised again.
+    :param outcome: ``success`` (FINISHED), ``failed`` (a terminal failure status), ``running``
+        (still generating, or a transient error the next poll may outlast), ``error`` (a refused
+        key, an unknown id: polling again cannot help).
+    :param record: the polled record; empty when the poll itself failed.
+    :param error: for ``failed`` and ``error``, the error that ends the wait; else None.
     """
-    if not error.transient:
-        raise error
-    log.warning("Diffusion %s: poll failed, will poll again: %s", diffusion_id, error)
-    return Poll("running", {})
+
+    outcome: Outcome
+    record: dict[str, Any] = field(default_factory=dict)
+    error: GetImageError | None = None
 
 
-def read_poll(
-    log: Any, diffusion_id: str, record: dict[str, Any], watch: _rules.StatusWatch, elapsed: float
-) -> Poll:
+@dataclass
+class DiffusionWatch:
     """
-    Interpret one polled record, the same way for the worker's wait, the sensor and the trigger.
+    One diffusion being waited for: its status so far, its clock and its deadline.
 
-    A status change is logged once (INFO), an unknown status once (WARNING), each poll at DEBUG.
+    :param diffusion_id: the diffusion.
+    :param log: the caller's logger (task, sensor or trigger).
+    :param end_time: epoch seconds after which the wait is over; None waits forever.
     """
-    status = record.get("status")
-    previous = watch.last
-    changed, newly_unknown = watch.observe(status)
-    if newly_unknown:
-        log.warning(
-            "Diffusion %s reports status %r, which this provider does not know; treating it as running.",
-            diffusion_id,
-            status,
+
+    diffusion_id: str
+    log: Any
+    end_time: float | None = None
+    started: float = field(default_factory=time.monotonic)
+    status: _rules.StatusWatch = field(default_factory=_rules.StatusWatch)
+    record: dict[str, Any] = field(default_factory=dict)
+    """The latest record polled (empty before the first answer)."""
+
+    # ------------------------------------------------------------------------------ polls
+    def check(self, fetch: Callable[[str], dict[str, Any]]) -> Poll:
+        """Fetch the record (``hook.get_diffusion``) and judge it, or judge the failed fetch."""
+        try:
+            record = fetch(self.diffusion_id)
+        except GetImageError as err:
+            return self.judge_error(err)
+        return self.judge(record)
+
+    async def check_async(self, fetch: Callable[[str], Awaitable[dict[str, Any]]]) -> Poll:
+        """The event-loop twin of :meth:`check` (``async_hook.get_diffusion``)."""
+        try:
+            record = await fetch(self.diffusion_id)
+        except GetImageError as err:
+            return self.judge_error(err)
+        return self.judge(record)
+
+    def judge(self, record: dict[str, Any]) -> Poll:
+        """
+        Judge a polled record: a status change is logged once (INFO), an unknown status once
+        (WARNING), every other poll at DEBUG.
+        """
+        status = record.get("status")
+        previous = self.status.last
+        changed, newly_unknown = self.status.observe(status)
+        if newly_unknown:
+            self.log.warning(
+                "Diffusion %s reports status %r, which this provider does not know; treating it as running.",
+                self.diffusion_id,
+                status,
+            )
+        if changed:
+            self.log.info(
+                "Diffusion %s: %s -> %s (%.1f s elapsed)",
+                self.diffusion_id,
+                previous or "submitted",
+                self.status.last,
+                self.elapsed,
+            )
+        else:
+            self.log.debug(
+                "Diffusion %s still %s (%.1f s elapsed)", self.diffusion_id, self.status.last, self.elapsed
+            )
+        self.record = record
+        outcome = _rules.classify(status)
+        if outcome == "failed":
+            return Poll("failed", record, diffusion_failed(self.diffusion_id, record))
+        return Poll(outcome, record)
+
+    def judge_error(self, error: GetImageError) -> Poll:
+        """
+        Judge a poll that failed after the hook's retries.
+
+        A transient error (network, 5xx, 429) counts as still running, so an outage never ends a
+        wait of minutes; any other error (a refused key, an unknown id) ends it.
+        """
+        if not error.transient:
+            return Poll("error", error=error)
+        self.log.warning("Diffusion %s: poll failed, will poll again: %s", self.diffusion_id, error)
+        return Poll("running")
+
+    # ------------------------------------------------------------------------------ clock
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the watch began."""
+        return time.monotonic() - self.started
+
+    @property
+    def last_status(self) -> str:
+        """The last status seen, for messages."""
+        return self.status.last or "unknown"
+
+    def until_deadline(self, seconds: float) -> float:
+        """``seconds``, cut short by the deadline (0 once it has passed)."""
+        if self.end_time is None:
+            return seconds
+        return max(0.0, min(seconds, self.end_time - time.time()))
+
+    def expired(self) -> bool:
+        """Whether the deadline has passed."""
+        return self.until_deadline(1.0) <= 0
+
+    def next_delay(self, poll_interval: float, max_poll_interval: float | None) -> float:
+        """Seconds until the next poll (``_rules.next_poll_delay``), cut short by the deadline."""
+        return self.until_deadline(_rules.next_poll_delay(poll_interval, max_poll_interval, self.elapsed))
+
+    def timeout_message(self, when: str = "by the deadline") -> str:
+        """Why the wait ended without an outcome; the diffusion may still finish."""
+        return (
+            f"Diffusion {self.diffusion_id} was not finished {when} "
+            f"(last status {self.last_status}); it may still finish."
         )
-    if changed:
-        log.info(
-            "Diffusion %s: %s -> %s (%.1f s elapsed)",
-            diffusion_id,
-            previous or "submitted",
-            watch.last,
-            elapsed,
-        )
-    else:
-        log.debug("Diffusion %s still %s (%.1f s elapsed)", diffusion_id, watch.last, elapsed)
-    return Poll(_rules.classify(status), record)
+
+    def timeout_error(self, when: str = "by the deadline") -> GetImageTimeoutError:
+        """The error for a wait whose deadline passed first."""
+        return GetImageTimeoutError(self.timeout_message(when), diffusion_id=self.diffusion_id)
 
 
 def diffusion_failed(diffusion_id: str, record: Mapping[str, Any]) -> GetImageDiffusionFailed:
@@ -77,3 +179,46 @@ def diffusion_failed(diffusion_id: str, record: Mapping[str, Any]) -> GetImageDi
         f"Diffusion {diffusion_id} ended with status {status}: {reason}",
         diffusion_id=diffusion_id,
     )
+
+
+def push_finished(context: Context, log: Any, diffusion_id: str, record: dict[str, Any]) -> list[str]:
+    """
+    Push a finished diffusion's record (XCom ``diffusion``) and return its image URLs.
+
+    Shared by the operator and the sensor; both also (re)push ``diffusion_id``, so a downstream
+    ``GetImageDownloadOperator`` can name the images after their diffusion. A FINISHED record with
+    no image URL fails the task: downstream steps would otherwise run on nothing.
+    """
+    context["ti"].xcom_push(key="diffusion_id", value=diffusion_id)
+    context["ti"].xcom_push(key="diffusion", value=record)
+    urls = _rules.image_urls(record)
+    if not urls:
+        raise GetImageError(
+            f"Diffusion {diffusion_id} is FINISHED but lists no image URL; "
+            "its full record is in XCom 'diffusion'.",
+            diffusion_id=diffusion_id,
+        )
+    log.info("Diffusion %s finished with %d image(s)", diffusion_id, len(urls))
+    return urls
+
+
+def result_from_event(event: Mapping[str, Any] | None) -> dict[str, Any]:
+    """
+    The final record from a diffusion trigger's event, or the error it stands for.
+
+    Shared by the operator's and the sensor's ``execute_complete``, so both fail the same way and
+    always name the diffusion.
+    """
+    if not event or "status" not in event:
+        raise GetImageError(f"The GetImage.io trigger sent no usable event: {event!r}")
+    diffusion_id = str(event.get("diffusion_id") or "<unknown>")
+    message = str(event.get("message") or "")
+    status = event["status"]
+    if status == "success" and isinstance(event.get("diffusion"), dict):
+        return dict(event["diffusion"])
+    if status == "failed":
+        record = event.get("diffusion") or {"status": "FAILED", "message": message}
+        raise diffusion_failed(diffusion_id, record)
+    if status == "timeout":
+        raise GetImageTimeoutError(message, diffusion_id=diffusion_id)
+    raise GetImageError(f"Waiting for diffusion {diffusion_id} failed: {message}", diffusion_id=diffusion_id)

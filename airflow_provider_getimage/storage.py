@@ -1,10 +1,8 @@
 """
 Save image URLs to storage: checked inputs, streamed downloads, atomic writes, any fsspec scheme.
 
-The worker behind ``GetImageDownloadOperator``. Image URLs are public links (the service's CDN),
-so nothing here reads the GetImage.io connection or sends a credential: the session has no auth,
-reads no ``~/.netrc`` and strips ``Authorization`` on redirects. A failed attempt is mapped and
-retried with the hooks' own rules (``_rules.retry_decision``): a GET of an image is safe to repeat.
+The files side of ``GetImageDownloadOperator``: its inputs, the destination and the writes. The
+HTTP side (no credential, streaming, size cap, the shared retry loop) is ``hooks.images``.
 
 Each image is streamed (never held in memory) into a temporary name next to its target
 (``.<name>.<random>.part``) and moved onto the target only once complete, so the target name
@@ -24,22 +22,20 @@ import contextlib
 import mimetypes
 import os
 import posixpath
-import random
 import re
-import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import urlsplit
 
-import requests
 from airflow.providers.common.compat.sdk import ObjectStoragePath
 
-from airflow_provider_getimage import __version__, _rules
-from airflow_provider_getimage.exceptions import GetImageError
-from airflow_provider_getimage.hooks.getimage import _requests_failure, _short
+from airflow_provider_getimage import _rules
+from airflow_provider_getimage.hooks.images import ImageFetcher
+from airflow_provider_getimage.hooks.transport import describe
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from types import TracebackType
 
     from fsspec import AbstractFileSystem
@@ -65,7 +61,6 @@ DEFAULT_DOWNLOAD_TIMEOUT = 60.0
 """Seconds to wait for the first byte of an answer and between two chunks (connecting: 10 s)."""
 DEFAULT_DOWNLOAD_ATTEMPTS = 4
 """Attempts per image in all: transient errors (network, 5xx, 429) are retried with backoff."""
-CHUNK_SIZE = 64 * 1024
 _LOCAL_PROTOCOLS = frozenset({"file", "local"})
 _EXTENSIONS = {
     "image/png": "png",
@@ -271,35 +266,14 @@ def filesystem(destination: ObjectStoragePath) -> AbstractFileSystem:
 
 
 # ------------------------------------------------------------------------------------- downloads
-class _NoCredentials(requests.auth.AuthBase):
-    """An explicit "no auth": stops requests from adding ``~/.netrc`` credentials to image requests."""
-
-    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        request.headers.pop("Authorization", None)
-        return request
-
-
-class _AnonymousSession(requests.Session):
-    """A session that never sends credentials, not even after a redirect (requests re-reads netrc then)."""
-
-    def rebuild_auth(self, prepared_request: requests.PreparedRequest, response: requests.Response) -> None:
-        prepared_request.headers.pop("Authorization", None)
-
-
-class _AttemptFailed(Exception):
-    """One download attempt failed in a way the retry rules judge (an HTTP status or a transport error)."""
-
-    def __init__(self, attempt: _rules.Attempt) -> None:
-        super().__init__(attempt.message)
-        self.attempt = attempt
-
-
 class ImageStore:
     """
-    Download images into one destination folder: one keep-alive session, no credentials.
+    Download images into one destination folder, each written atomically.
 
-    Use as a context manager (the session is closed at the end). Every check that needs no
-    download (the destination's scheme, its filesystem) is made when the store is created.
+    The HTTP side (no credentials, streaming, size cap, retries) is ``hooks.images.ImageFetcher``;
+    this class owns the files. Use as a context manager (the fetcher's session is closed at the
+    end). Every check that needs no download (the destination's scheme, its filesystem) is made
+    when the store is created.
 
     :param destination: the folder, from :func:`destination_path`.
     :param log: the task's logger (a stdlib or structlog logger).
@@ -321,22 +295,16 @@ class ImageStore:
     ) -> None:
         self.destination = destination
         self.log = log
-        self.max_image_bytes = max_image_bytes
-        self.timeout = (_rules.CONNECT_TIMEOUT, request_timeout)
-        base = retry_policy or _rules.RetryPolicy(backoff_base=1.0, backoff_max=10.0, retry_after_cap=30.0)
-        self.policy = _rules.RetryPolicy(
-            max_attempts=attempts,
-            backoff_base=base.backoff_base,
-            backoff_max=base.backoff_max,
-            retry_after_cap=base.retry_after_cap,
-        )
         self.fs = filesystem(destination)
         self.local = destination.protocol in _LOCAL_PROTOCOLS
         self.folder = destination.path.rstrip("/") or destination.path
-        self._random = random.Random()
-        self._session = _AnonymousSession()
-        self._session.auth = _NoCredentials()
-        self._session.headers["User-Agent"] = f"airflow-provider-getimage/{__version__}"
+        self.fetcher = ImageFetcher(
+            log,
+            max_image_bytes=max_image_bytes,
+            request_timeout=request_timeout,
+            attempts=attempts,
+            retry_policy=retry_policy,
+        )
         self._folder_ready = False
 
     def __enter__(self) -> Self:
@@ -351,7 +319,7 @@ class ImageStore:
         self.close()
 
     def close(self) -> None:
-        self._session.close()
+        self.fetcher.close()
 
     def save(self, url: str, stem: str, index: int) -> str:
         """
@@ -360,78 +328,27 @@ class ImageStore:
         :raises GetImageError: the answer was not an image, too large, or still failing after
             every attempt (the message names the URL and the last error).
         """
-        for number in range(1, self.policy.max_attempts + 1):
-            try:
-                return self._attempt(url, f"{safe_stem(stem)}_{index}")
-            except (requests.RequestException, _AttemptFailed) as err:
-                attempt = (
-                    err.attempt
-                    if isinstance(err, _AttemptFailed)
-                    else _rules.Attempt(failure=_requests_failure(err), message=_short(err))
-                )
-                wait = _rules.retry_decision("GET", number, attempt, self.policy, self._random.random())
-                if wait is None:
-                    raise GetImageError(
-                        f"Could not download image {url} (attempt {number} of "
-                        f"{self.policy.max_attempts}): {attempt.message}",
-                        status_code=attempt.status_code,
-                        retry_after=attempt.retry_after,
-                        transient=_rules.is_retryable("GET", attempt),
-                    ) from None
-                self.log.info(
-                    "Download of %s failed (%s); attempt %d of %d in %.1f s",
-                    url,
-                    attempt.message,
-                    number + 1,
-                    self.policy.max_attempts,
-                    wait,
-                )
-                time.sleep(wait)
-        raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
+        name = f"{safe_stem(stem)}_{index}"
 
-    def _attempt(self, url: str, name: str) -> str:
-        with self._session.get(url, stream=True, timeout=self.timeout) as response:
-            if not 200 <= response.status_code < 300:
-                head = next(response.iter_content(2048), b"")
-                raise _AttemptFailed(
-                    _rules.read_response(response.status_code, head, response.headers.get("Retry-After"))
-                )
-            content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
-            if not content_type.startswith("image/"):
-                raise GetImageError(
-                    f"{url} answered with Content-Type {content_type or 'none'!r}, not an image: "
-                    "nothing was saved.",
-                    status_code=response.status_code,
-                )
-            declared = response.headers.get("Content-Length", "")
-            if declared.isdigit() and int(declared) > self.max_image_bytes:
-                raise GetImageError(
-                    f"{url} is {int(declared)} bytes, more than max_image_bytes "
-                    f"({self.max_image_bytes}): nothing was saved.",
-                    status_code=response.status_code,
-                )
+        def write(content_type: str, chunks: Iterator[bytes]) -> str:
             file_name = f"{name}.{extension(content_type)}"
-            size = self._write(response, url, file_name)
-        stored = str(self.destination / file_name)
-        self.log.info("Saved %s (%d bytes, %s)", stored, size, content_type)
-        return stored
+            size = self._write(chunks, file_name)
+            stored = str(self.destination / file_name)
+            self.log.info("Saved %s (%d bytes, %s)", stored, size, content_type)
+            return stored
 
-    def _write(self, response: requests.Response, url: str, file_name: str) -> int:
-        """Stream the body into a temporary name beside the target, then move it onto the target."""
+        return self.fetcher.fetch(url, write)
+
+    def _write(self, chunks: Iterator[bytes], file_name: str) -> int:
+        """Stream the chunks into a temporary name beside the target, then move it onto the target."""
         self._ensure_folder()
         target = posixpath.join(self.folder, file_name)
         partial = posixpath.join(self.folder, f".{file_name}.{uuid.uuid4().hex[:12]}.part")
         size = 0
         try:
             with self.fs.open(partial, "wb") as out:
-                for chunk in response.iter_content(CHUNK_SIZE):
+                for chunk in chunks:
                     size += len(chunk)
-                    if size > self.max_image_bytes:
-                        raise GetImageError(
-                            f"{url} is larger than max_image_bytes ({self.max_image_bytes}): "
-                            "nothing was saved.",
-                            status_code=response.status_code,
-                        )
                     out.write(chunk)
                 if self.local:
                     out.flush()
@@ -451,7 +368,7 @@ class ImageStore:
         try:
             self.fs.makedirs(self.folder, exist_ok=True)
         except Exception as err:  # the write says what is wrong, with the storage's own error
-            self.log.debug("Could not create %s (%s); writing anyway", self.destination, _short(err))
+            self.log.debug("Could not create %s (%s); writing anyway", self.destination, describe(err))
         self._folder_ready = True
 
 

@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from airflow_provider_getimage._rules import RetryPolicy
+
 if TYPE_CHECKING:
-    from collections.abc import Generator, Iterator
+    from collections.abc import Callable, Generator, Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,6 +65,29 @@ os.environ.update(
 )
 # A developer's own connection must not leak into the tests.
 os.environ.pop("AIRFLOW_CONN_GETIMAGE_DEFAULT", None)
+
+
+FAST_RETRIES = RetryPolicy(max_attempts=3, backoff_base=0.02, backoff_max=0.05, retry_after_cap=0.1)
+"""Retries in milliseconds, so bursts of faults cost no test time."""
+
+
+@pytest.fixture
+def default_retry_policy(monkeypatch: pytest.MonkeyPatch) -> Callable[[RetryPolicy], RetryPolicy]:
+    """Set the policy of every hook made without one of its own (a trigger's, an operator's)."""
+    from airflow_provider_getimage.hooks.getimage import GetImageAsyncHook, GetImageHook
+
+    def apply(policy: RetryPolicy) -> RetryPolicy:
+        monkeypatch.setattr(GetImageHook, "default_retry_policy", policy)
+        monkeypatch.setattr(GetImageAsyncHook, "default_retry_policy", policy)
+        return policy
+
+    return apply
+
+
+@pytest.fixture
+def fast_retries(default_retry_policy: Callable[[RetryPolicy], RetryPolicy]) -> RetryPolicy:
+    """Hooks retry in milliseconds (``FAST_RETRIES``)."""
+    return default_retry_policy(FAST_RETRIES)
 
 
 @pytest.fixture(scope="session")

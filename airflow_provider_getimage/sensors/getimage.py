@@ -16,12 +16,11 @@ from airflow.providers.common.compat.sdk import (
 )
 
 from airflow_provider_getimage import _rules
-from airflow_provider_getimage.exceptions import GetImageError, GetImageTimeoutError
+from airflow_provider_getimage.exceptions import GetImageTimeoutError
 from airflow_provider_getimage.hooks.getimage import GetImageHook
 from airflow_provider_getimage.links.getimage import GetImageImagesLink
-from airflow_provider_getimage.operators.getimage import push_finished
-from airflow_provider_getimage.polling import diffusion_failed, poll_error, read_poll
-from airflow_provider_getimage.triggers.getimage import GetImageDiffusionTrigger, result_from_event
+from airflow_provider_getimage.polling import DiffusionWatch, push_finished, result_from_event
+from airflow_provider_getimage.triggers.getimage import GetImageDiffusionTrigger
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -51,6 +50,8 @@ class GetImageDiffusionSensor(BaseSensorOperator):
 
     template_fields: Sequence[str] = ("diffusion_id", "getimage_conn_id")
     operator_extra_links = (GetImageImagesLink(),)
+    returns_image_urls = True
+    """Its return value is a diffusion's image URLs and it pushes ``diffusion_id`` (read by downloads)."""
     ui_color = "#e8dcfa"
 
     def __init__(
@@ -73,9 +74,7 @@ class GetImageDiffusionSensor(BaseSensorOperator):
         self.diffusion_id = diffusion_id
         self.getimage_conn_id = getimage_conn_id
         self.deferrable = deferrable
-        self._watch = _rules.StatusWatch()
-        self._last_record: dict[str, Any] = {}
-        self._started = time.monotonic()
+        self._watch: DiffusionWatch | None = None
 
     @cached_property
     def hook(self) -> GetImageHook:
@@ -89,21 +88,22 @@ class GetImageDiffusionSensor(BaseSensorOperator):
         """The rendered id, checked: an empty one (say, a missing XCom) must not reach the API."""
         return _rules.check_diffusion_id(self.diffusion_id)
 
-    def poke(self, context: Context) -> PokeReturnValue:
+    def watch(self) -> DiffusionWatch:
+        """The watch of the rendered diffusion (one per task try: its status changes are logged once)."""
         diffusion_id = self._diffusion_id()
-        try:
-            record = self.hook.get_diffusion(diffusion_id)
-        except GetImageError as err:
-            poll = poll_error(self.log, diffusion_id, err)
-        else:
-            poll = read_poll(self.log, diffusion_id, record, self._watch, time.monotonic() - self._started)
-        if poll.outcome == "failed":
-            raise diffusion_failed(diffusion_id, poll.record)
+        if self._watch is None or self._watch.diffusion_id != diffusion_id:
+            self._watch = DiffusionWatch(diffusion_id, self.log)
+        return self._watch
+
+    def poke(self, context: Context) -> PokeReturnValue:
+        watch = self.watch()
+        poll = watch.check(self.hook.get_diffusion)
+        if poll.error is not None:
+            raise poll.error
         if poll.outcome == "running":
-            self._last_record = poll.record or self._last_record
             return PokeReturnValue(is_done=False)
         return PokeReturnValue(
-            is_done=True, xcom_value=push_finished(context, self.log, diffusion_id, poll.record)
+            is_done=True, xcom_value=push_finished(context, self.log, watch.diffusion_id, poll.record)
         )
 
     def execute(self, context: Context) -> Any:
@@ -114,7 +114,9 @@ class GetImageDiffusionSensor(BaseSensorOperator):
             if done.is_done:
                 return done.xcom_value
             # The latest record, so the extra link has something to read while the task is deferred.
-            context["ti"].xcom_push(key="diffusion", value=self._last_record or {"id": self._diffusion_id()})
+            context["ti"].xcom_push(
+                key="diffusion", value=self.watch().record or {"id": self._diffusion_id()}
+            )
         finally:
             self.hook.close()
         timeout = self.timeout.total_seconds() if isinstance(self.timeout, timedelta) else float(self.timeout)

@@ -11,17 +11,15 @@ from __future__ import annotations
 import asyncio
 import random
 import sys
-import time
 from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_getimage import _rules
-from airflow_provider_getimage.exceptions import GetImageError, GetImageTimeoutError
-from airflow_provider_getimage.polling import diffusion_failed, poll_error, read_poll
+from airflow_provider_getimage.polling import DiffusionWatch, Poll, result_from_event
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Mapping
+    from collections.abc import AsyncIterator
 
     from airflow_provider_getimage.hooks.getimage import GetImageAsyncHook
 
@@ -94,8 +92,7 @@ class GetImageDiffusionTrigger(BaseTrigger):
 
     async def _wait(self) -> TriggerEvent:
         """Poll until an outcome; return the one event (so ``run`` can only yield once)."""
-        started = time.monotonic()
-        watch = _rules.StatusWatch()
+        watch = DiffusionWatch(self.diffusion_id, self.log, end_time=self.end_time)
         hook_class = (
             _async_hook_class()
             if _HOOKS_MODULE in sys.modules
@@ -107,43 +104,21 @@ class GetImageDiffusionTrigger(BaseTrigger):
         delay = random.uniform(0, self.poll_interval)
         async with hook_class(getimage_conn_id=self.getimage_conn_id) as hook:
             while True:
-                await asyncio.sleep(self._until_deadline(delay))
-                event = await self._poll(hook, watch, time.monotonic() - started)
-                if event is not None:
-                    return event
-                if self._until_deadline(1.0) <= 0:
-                    return self._event(
-                        "timeout",
-                        f"Diffusion {self.diffusion_id} was not finished by the deadline "
-                        f"(last status {watch.last or 'unknown'}); it may still finish.",
-                    )
-                delay = _rules.next_poll_delay(
-                    self.poll_interval, self.max_poll_interval, time.monotonic() - started
-                )
+                await asyncio.sleep(watch.until_deadline(delay))
+                poll = await watch.check_async(hook.get_diffusion)
+                if poll.outcome != "running":
+                    return self._outcome_event(poll)
+                if watch.expired():
+                    return self._event("timeout", watch.timeout_message())
+                delay = watch.next_delay(self.poll_interval, self.max_poll_interval)
 
-    def _until_deadline(self, seconds: float) -> float:
-        """``seconds``, cut short by the deadline (0 once it has passed)."""
-        if self.end_time is None:
-            return seconds
-        return max(0.0, min(seconds, self.end_time - time.time()))
-
-    async def _poll(
-        self, hook: GetImageAsyncHook, watch: _rules.StatusWatch, elapsed: float
-    ) -> TriggerEvent | None:
-        """One poll: the final event, or None while the diffusion runs (or an outage passes)."""
-        try:
-            record = await hook.get_diffusion(self.diffusion_id)
-        except GetImageError as err:
-            if not err.transient:
-                return self._event("error", str(err))
-            poll = poll_error(self.log, self.diffusion_id, err)
-        else:
-            poll = read_poll(self.log, self.diffusion_id, record, watch, elapsed)
+    def _outcome_event(self, poll: Poll) -> TriggerEvent:
+        """The event for a poll that ends the wait (success, failed or error)."""
         if poll.outcome == "success":
             return self._event("success", f"Diffusion {self.diffusion_id} finished.", poll.record)
         if poll.outcome == "failed":
             return self._event("failed", _rules.failure_message(poll.record), poll.record)
-        return None
+        return self._event("error", str(poll.error))
 
 
 _HOOKS_MODULE = "airflow_provider_getimage.hooks.getimage"
@@ -160,25 +135,3 @@ def _async_hook_class() -> type[GetImageAsyncHook]:
     from airflow_provider_getimage.hooks.getimage import GetImageAsyncHook
 
     return GetImageAsyncHook
-
-
-def result_from_event(event: Mapping[str, Any] | None) -> dict[str, Any]:
-    """
-    The final record from the trigger's event, or the error it stands for.
-
-    Shared by the operator's and the sensor's ``execute_complete``, so both fail the same way and
-    always name the diffusion.
-    """
-    if not event or "status" not in event:
-        raise GetImageError(f"The GetImage.io trigger sent no usable event: {event!r}")
-    diffusion_id = str(event.get("diffusion_id") or "<unknown>")
-    message = str(event.get("message") or "")
-    status = event["status"]
-    if status == "success" and isinstance(event.get("diffusion"), dict):
-        return dict(event["diffusion"])
-    if status == "failed":
-        record = event.get("diffusion") or {"status": "FAILED", "message": message}
-        raise diffusion_failed(diffusion_id, record)
-    if status == "timeout":
-        raise GetImageTimeoutError(message, diffusion_id=diffusion_id)
-    raise GetImageError(f"Waiting for diffusion {diffusion_id} failed: {message}", diffusion_id=diffusion_id)

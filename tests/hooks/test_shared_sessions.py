@@ -11,7 +11,8 @@ import pytest
 import requests
 
 from airflow_provider_getimage.emulator import Fault
-from airflow_provider_getimage.hooks.getimage import POOL_SIZE, SHARED_SESSIONS, GetImageAsyncHook
+from airflow_provider_getimage.hooks.getimage import GetImageAsyncHook
+from airflow_provider_getimage.hooks.sessions import POOL_SIZE, SHARED_SESSIONS
 from airflow_provider_getimage.triggers.getimage import GetImageDiffusionTrigger
 
 if TYPE_CHECKING:

@@ -21,7 +21,6 @@ import requests
 from airflow_provider_getimage import _rules
 from airflow_provider_getimage.emulator import Fault
 from airflow_provider_getimage.exceptions import GetImageError
-from airflow_provider_getimage.hooks import getimage as hooks_module
 from airflow_provider_getimage.hooks.getimage import GetImageHook
 from airflow_provider_getimage.triggers.getimage import GetImageDiffusionTrigger
 
@@ -35,11 +34,8 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 COMMAND = "make test  # or: .venv/bin/pytest tests/reliability/test_fault_matrix.py"
 
 
-class FastPolicy(_rules.RetryPolicy):
-    """The default retry rules with millisecond backoff (``Retry-After`` still honoured as sent)."""
-
-    def __init__(self) -> None:
-        super().__init__(max_attempts=4, backoff_base=0.02, backoff_max=0.05, retry_after_cap=5.0)
+MATRIX_RETRIES = _rules.RetryPolicy(max_attempts=4, backoff_base=0.02, backoff_max=0.05, retry_after_cap=5.0)
+"""The default retry rules with millisecond backoff (``Retry-After`` still honoured as sent)."""
 
 
 def http_date(seconds_from_now: float) -> str:
@@ -215,7 +211,7 @@ def run_scenario(
     scenario: Scenario, faults: tuple[Fault, ...], emulator: Emulator
 ) -> tuple[str, dict[str, Any] | None]:
     """Play one scenario against the emulator; the outcome name and the final record, if any."""
-    hook = GetImageHook(retry_policy=FastPolicy())
+    hook = GetImageHook(retry_policy=MATRIX_RETRIES)
     if scenario.path == "submit":
         emulator.inject(*faults)
         try:
@@ -247,8 +243,9 @@ def test_fault(
     getimage_emulator_factory: Callable[..., Emulator],
     monkeypatch: pytest.MonkeyPatch,
     capfd: pytest.CaptureFixture[str],
+    default_retry_policy: Callable[[_rules.RetryPolicy], _rules.RetryPolicy],
 ) -> None:
-    monkeypatch.setattr(hooks_module, "RetryPolicy", FastPolicy)  # the trigger's own hook too
+    default_retry_policy(MATRIX_RETRIES)  # the trigger's own hook too
     emulator = getimage_emulator_factory(latency=0.3, **scenario.knobs)
     conn = json.loads(emulator.airflow_connection())
     conn["extra"] = {**conn.get("extra", {}), **scenario.extra}

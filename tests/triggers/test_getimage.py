@@ -13,7 +13,6 @@ import pytest
 from airflow_provider_getimage import _rules
 from airflow_provider_getimage.emulator import Fault
 from airflow_provider_getimage.exceptions import GetImageDiffusionFailed, GetImageError, GetImageTimeoutError
-from airflow_provider_getimage.hooks import getimage as hooks_module
 from airflow_provider_getimage.triggers.getimage import GetImageDiffusionTrigger, result_from_event
 
 if TYPE_CHECKING:
@@ -22,16 +21,7 @@ if TYPE_CHECKING:
     from airflow_provider_getimage.emulator import Emulator
 
 
-class FastPolicy(_rules.RetryPolicy):
-    """Retries in milliseconds, so bursts of faults cost no test time."""
-
-    def __init__(self) -> None:
-        super().__init__(max_attempts=3, backoff_base=0.02, backoff_max=0.05, retry_after_cap=0.1)
-
-
-@pytest.fixture(autouse=True)
-def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hooks_module, "RetryPolicy", FastPolicy)
+pytestmark = pytest.mark.usefixtures("fast_retries")
 
 
 def submit(emulator: Emulator, prompt: str = "a trigger test") -> str:

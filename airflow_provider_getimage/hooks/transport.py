@@ -1,0 +1,205 @@
+"""
+The transport both hooks and the image downloads share: error mapping and the retry loop.
+
+A transport error (requests or aiohttp) is mapped once to a ``Failure``; what to retry and how
+long to wait is decided by ``_rules.retry_decision``; an attempt that will not be retried becomes
+one ``GetImageError``. The sync loop (:func:`call_with_retries`) and its async twin
+(:func:`call_with_retries_async`) differ only in how they sleep, as openai's clients do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import aiohttp
+import requests
+from urllib3.exceptions import ConnectTimeoutError, MaxRetryError
+
+from airflow_provider_getimage import _rules
+from airflow_provider_getimage._rules import Attempt, Failure, RetryPolicy
+from airflow_provider_getimage.exceptions import (
+    GetImageAuthError,
+    GetImageError,
+    GetImageNotFoundError,
+    GetImageRateLimitError,
+    GetImageSubmitUncertainError,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from airflow_provider_getimage.hooks.settings import ApiSettings
+
+__all__ = [
+    "Retries",
+    "aiohttp_failure",
+    "api_error",
+    "api_retries",
+    "call_with_retries",
+    "call_with_retries_async",
+    "describe",
+    "requests_failure",
+]
+
+T = TypeVar("T")
+
+ERROR_CLASSES: dict[_rules.ErrorKind, type[GetImageError]] = {
+    "auth": GetImageAuthError,
+    "not_found": GetImageNotFoundError,
+    "rate_limit": GetImageRateLimitError,
+    "ambiguous_submit": GetImageSubmitUncertainError,
+    "tls": GetImageError,
+    "request": GetImageError,
+}
+
+
+# ---------------------------------------------------------------------------------- error mapping
+def describe(exc: BaseException) -> str:
+    """A transport error in one short line: its type and message."""
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def requests_failure(exc: requests.RequestException) -> Attempt:
+    """Map a requests error to a failed ``Attempt``: did the request provably never leave?"""
+    return Attempt(failure=_requests_kind(exc), message=describe(exc))
+
+
+def _requests_kind(exc: requests.RequestException) -> Failure:
+    if isinstance(exc, requests.exceptions.SSLError):
+        return "tls"
+    if isinstance(exc, ValueError):  # InvalidURL, InvalidHeader, MissingSchema: never sent
+        return "local"
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return "connect"
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        return "read_timeout"
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        cause = exc.args[0] if exc.args else None
+        reason = cause.reason if isinstance(cause, MaxRetryError) else cause
+        # urllib3's NewConnectionError (refused, unreachable) is a ConnectTimeoutError.
+        if isinstance(reason, ConnectTimeoutError):
+            return "connect"
+    return "connection_lost"
+
+
+def aiohttp_failure(exc: BaseException) -> Attempt:
+    """Map an aiohttp error to a failed ``Attempt``, the async twin of :func:`requests_failure`."""
+    return Attempt(failure=_aiohttp_kind(exc), message=describe(exc))
+
+
+def _aiohttp_kind(exc: BaseException) -> Failure:
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return "tls"
+    if isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)):
+        return "connect"
+    if isinstance(exc, (aiohttp.ServerTimeoutError, asyncio.TimeoutError)):
+        return "read_timeout"
+    return "connection_lost"
+
+
+def api_error(
+    method: str,
+    path: str,
+    attempt: Attempt,
+    attempts: int,
+    settings: ApiSettings,
+    diffusion_id: str | None = None,
+) -> GetImageError:
+    """The error for an API call whose last attempt will not be retried; the key is scrubbed from it."""
+    kind = _rules.error_kind(method, attempt)
+    tries = f"after {attempts} attempts" if attempts > 1 else "after 1 attempt"
+    message = f"GetImage.io {method} {path} failed {tries}: {attempt.message}"
+    if kind == "ambiguous_submit":
+        message += (
+            ". The diffusion may have been created (and charged) even though no id came back; "
+            "it was not submitted again. Check your GetImage.io account before retrying."
+        )
+    elif kind == "auth":
+        message += f". Check the API key in connection {settings.conn_id!r}."
+    elif kind == "tls":
+        message += ". Set the connection extra 'verify' to the CA bundle of this server."
+    return ERROR_CLASSES[kind](
+        settings.scrub(message),
+        status_code=attempt.status_code,
+        diffusion_id=diffusion_id,
+        retry_after=attempt.retry_after,
+        transient=_rules.is_retryable(method, attempt),
+    )
+
+
+# ------------------------------------------------------------------------------------ retry loop
+@dataclass
+class Retries:
+    """
+    The retry state of one call: its attempts so far, the shared decision and the log line.
+
+    :param method: the HTTP method (a POST retries only where it provably was not taken).
+    :param what: the call, for the log line and the error (``"GET /v1/diffusions/x"``).
+    :param policy: attempts and backoff bounds.
+    :param log: the caller's logger; each retry is logged once at INFO, with its wait.
+    :param give_up: builds the error for the last failed attempt, given the number of attempts.
+    """
+
+    method: str
+    what: str
+    policy: RetryPolicy
+    log: Any
+    give_up: Callable[[Attempt, int], BaseException]
+    rng: random.Random = field(default_factory=random.Random)
+    attempts: int = 0
+
+    def wait_after(self, attempt: Attempt) -> float:
+        """Seconds to wait before trying again after a failed ``attempt``; raises once it is final."""
+        self.attempts += 1
+        wait = _rules.retry_decision(self.method, self.attempts, attempt, self.policy, self.rng.random())
+        if wait is None:
+            raise self.give_up(attempt, self.attempts)
+        self.log.info(
+            "%s: %s; retry %d of %d in %.1f s",
+            self.what,
+            attempt.message,
+            self.attempts,
+            self.policy.max_attempts - 1,
+            wait,
+        )
+        return wait
+
+
+def api_retries(
+    method: str,
+    path: str,
+    settings: ApiSettings,
+    policy: RetryPolicy,
+    log: Any,
+    rng: random.Random,
+    diffusion_id: str | None = None,
+) -> Retries:
+    """The retry state of one API call; its last error names the diffusion, when there is one."""
+
+    def give_up(attempt: Attempt, attempts: int) -> GetImageError:
+        return api_error(method, path, attempt, attempts, settings, diffusion_id)
+
+    return Retries(method, f"GetImage.io {method} {path}", policy, log, give_up, rng)
+
+
+def call_with_retries(send: Callable[[], T | Attempt], retries: Retries) -> T:
+    """Call ``send`` until it returns a result (not a failed ``Attempt``), sleeping between tries."""
+    while True:
+        outcome = send()
+        if not isinstance(outcome, Attempt):
+            return outcome
+        time.sleep(retries.wait_after(outcome))
+
+
+async def call_with_retries_async(send: Callable[[], Awaitable[T | Attempt]], retries: Retries) -> T:
+    """The twin of :func:`call_with_retries` for an event loop: it sleeps without blocking."""
+    while True:
+        outcome = await send()
+        if not isinstance(outcome, Attempt):
+            return outcome
+        await asyncio.sleep(retries.wait_after(outcome))

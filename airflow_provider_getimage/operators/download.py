@@ -1,0 +1,188 @@
+"""``GetImageDownloadOperator``: save the images of a generation to any storage."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.common.compat.sdk import BaseOperator, ObjectStoragePath
+
+from airflow_provider_getimage import _rules, storage
+from airflow_provider_getimage.inputs import check_count, is_template, known_deep, known_now
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+    from airflow.providers.common.compat.sdk import Context
+
+__all__ = ["GetImageDownloadOperator"]
+
+
+def _static_destination(value: object) -> bool:
+    """Whether a destination is final at parse time (an ObjectStoragePath may hold a template)."""
+    if isinstance(value, ObjectStoragePath):
+        return not is_template(str(value))
+    return known_now(value)
+
+
+def _makes_image_urls(task: Any) -> bool:
+    """
+    Whether a task (mapped or not) returns a diffusion's image URLs and pushes ``diffusion_id``.
+
+    Such operators say so with the class attribute ``returns_image_urls`` (the diffusion operator,
+    the sensor), so this module imports neither.
+    """
+    cls = task.operator_class if getattr(task, "is_mapped", False) else type(task)
+    return bool(getattr(cls, "returns_image_urls", False))
+
+
+class GetImageDownloadOperator(BaseOperator):
+    """
+    Save generated images to a folder of any storage: local, S3, GCS, Azure, any fsspec scheme.
+
+    Takes the image URLs a GetImage task returned (``GetImageDiffusionOperator``,
+    ``GetImageDiffusionSensor``, mapped or not) and stores each image as
+    ``<diffusion_id>_<index>.<ext>`` in ``destination``, written atomically; returns the stored
+    files as URI strings, in the order of the URLs. Without ``diffusion_id`` each URL is named
+    after the diffusion found in its upstream task's XComs. Inputs are checked before the first
+    download (at parse time when final). README "Download images" has the naming rules, the
+    retries and the storage schemes.
+
+    :param image_urls: the URLs to download (templated): usually ``generate.output`` (a list of
+        URLs) or a mapped generation's ``.output`` (a list of lists); a single URL is accepted.
+    :param destination: the folder to save into (templated, also inside an ``ObjectStoragePath``):
+        a URI such as ``file:///data/images/{{ run_id }}/`` or ``s3://bucket/images/``, or an
+        absolute local path. Default ``file:///tmp/getimage/{{ dag.dag_id }}/{{ run_id }}/``.
+    :param diffusion_id: the diffusion id(s) to name the files after (templated); only needed
+        when the URLs do not come straight from a GetImage task.
+    :param destination_conn_id: the Airflow connection of the storage (templated), e.g.
+        ``aws_default`` for ``s3://``; ``None`` uses the storage's default credentials.
+    :param max_image_bytes: the largest image accepted, in bytes (default 50 MiB).
+    :param request_timeout: seconds to wait for an answer, and between two chunks of it.
+    :param download_attempts: attempts per image, the first included (default 4).
+    """
+
+    template_fields: Sequence[str] = ("image_urls", "destination", "diffusion_id", "destination_conn_id")
+    template_fields_renderers = {"image_urls": "json", "diffusion_id": "json"}
+    ui_color = "#c6dcf5"
+
+    def __init__(
+        self,
+        *,
+        image_urls: str | Sequence[str] | Sequence[Sequence[str]],
+        destination: str | ObjectStoragePath = storage.DEFAULT_DESTINATION,
+        diffusion_id: str | Sequence[str] | None = None,
+        destination_conn_id: str | None = None,
+        max_image_bytes: int = storage.DEFAULT_MAX_IMAGE_BYTES,
+        request_timeout: float = storage.DEFAULT_DOWNLOAD_TIMEOUT,
+        download_attempts: int = storage.DEFAULT_DOWNLOAD_ATTEMPTS,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.image_urls = image_urls
+        self.destination = destination
+        self.diffusion_id = diffusion_id
+        self.destination_conn_id = destination_conn_id
+        self.max_image_bytes = check_count("max_image_bytes", max_image_bytes)
+        self.download_attempts = check_count("download_attempts", download_attempts)
+        self.request_timeout = _rules.check_positive("request_timeout", request_timeout)
+        # What is final at parse time is checked now: a typo fails the DAG file, not a run.
+        batches = storage.url_batches(image_urls) if known_deep(image_urls) else None
+        if known_now(destination_conn_id) and _static_destination(destination):
+            storage.destination_path(destination, destination_conn_id)
+        if diffusion_id is not None and known_deep(diffusion_id):
+            ids = [diffusion_id] if isinstance(diffusion_id, str) else diffusion_id
+            storage.diffusion_ids(diffusion_id, len(batches) if batches is not None else len(list(ids)))
+
+    def execute(self, context: Context) -> list[str]:
+        batches = storage.url_batches(self.image_urls)
+        destination = storage.destination_path(
+            storage.rendered_destination(self.destination, lambda text: self.render_template(text, context)),
+            self.destination_conn_id,
+        )
+        plan = self._plan(context, batches)
+        self.log.info("Saving %d image(s) to %s", len(plan), destination)
+        with storage.ImageStore(
+            destination,
+            self.log,
+            max_image_bytes=self.max_image_bytes,
+            request_timeout=self.request_timeout,
+            attempts=self.download_attempts,
+        ) as store:
+            return [store.save(url, stem, index) for url, stem, index in plan]
+
+    def _plan(self, context: Context, batches: list[list[str]]) -> list[tuple[str, str, int]]:
+        """Each URL with the diffusion id and index it is saved under; no two images share a name."""
+        if self.diffusion_id is not None:
+            ids = storage.diffusion_ids(self.diffusion_id, len(batches))
+            plan = [
+                (url, ids[number], index)
+                for number, batch in enumerate(batches)
+                for index, url in enumerate(batch)
+            ]
+        else:
+            found = self._diffusions_upstream(context, [url for batch in batches for url in batch])
+            plan = [(url, *found[url]) for batch in batches for url in batch]
+        names: dict[tuple[str, int], str] = {}
+        for url, diffusion_id, index in plan:
+            other = names.setdefault((storage.safe_stem(diffusion_id), index), url)
+            if other != url:
+                raise ValueError(
+                    f"Two image URLs would be saved under the same name ({diffusion_id}_{index}): "
+                    f"{other!r} and {url!r}; check diffusion_id (one id per list of URLs)."
+                )
+        return plan
+
+    def _diffusions_upstream(self, context: Context, urls: list[str]) -> dict[str, tuple[str, int]]:
+        """
+        Find each URL in the output of a direct upstream GetImage task: its diffusion id and index.
+
+        A mapped task's own map index is read first, so a download mapped over a mapped
+        generation reads one XCom pair, not every one.
+        """
+        wanted = set(urls)
+        found: dict[str, tuple[str, int]] = {}
+        sources = [
+            task
+            for task in (self.dag.get_task(task_id) for task_id in sorted(self.upstream_task_ids))
+            if _makes_image_urls(task)
+        ]
+        for source in sources:
+            for source_urls, diffusion_id in self._outputs(context, source):
+                if not isinstance(source_urls, list) or not isinstance(diffusion_id, str):
+                    continue  # a failed or skipped generation, or one that returned its id
+                for index, url in enumerate(source_urls):
+                    if url in wanted:
+                        found.setdefault(url, (diffusion_id, index))
+                if len(found) == len(wanted):
+                    return found
+        missing = next(url for url in urls if url not in found)
+        looked_in = ", ".join(task.task_id for task in sources) or "none"
+        raise ValueError(
+            f"No diffusion id for image URL {missing!r}: diffusion_id is not set, and no direct "
+            f"upstream GetImage task (looked in: {looked_in}) returned this URL. Pass diffusion_id."
+        )
+
+    @staticmethod
+    def _outputs(context: Context, source: Any) -> Iterator[tuple[Any, Any]]:
+        """(image URLs, diffusion id) of each try of ``source``: its own map index first if mapped."""
+        ti = context["ti"]
+        task_id = source.task_id
+
+        def pull(map_index: int | None) -> tuple[Any, Any]:
+            if map_index is None:
+                return ti.xcom_pull(task_ids=task_id), ti.xcom_pull(task_ids=task_id, key="diffusion_id")
+            return (
+                ti.xcom_pull(task_ids=task_id, map_indexes=map_index),
+                ti.xcom_pull(task_ids=task_id, key="diffusion_id", map_indexes=map_index),
+            )
+
+        if not getattr(source, "is_mapped", False):
+            yield pull(None)
+            return
+        own = ti.map_index if ti.map_index is not None and ti.map_index >= 0 else None
+        if own is not None:
+            yield pull(own)
+        count = ti.get_ti_count(dag_id=ti.dag_id, task_ids=[task_id], run_ids=[ti.run_id])
+        for map_index in range(count):
+            if map_index != own:
+                yield pull(map_index)
