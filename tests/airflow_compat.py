@@ -39,6 +39,14 @@ def airflow_before(release: str) -> bool:
     return Version(release) > AIRFLOW_VERSION
 
 
+OLD_PATHS = pytest.mark.skipif(
+    airflow_before("3.3"),
+    reason="Airflow before 3.3 uses universal-pathlib 0.2, whose ObjectStoragePath writes memory:// "
+    "paths as memory:/// and accepts an unknown scheme until it is used (tested here on 3.3 only)",
+)
+"""For tests of ``ObjectStoragePath`` behaviour that changed with Airflow 3.3's universal-pathlib."""
+
+
 def dag_bag(dag_folder: Path | str) -> Any:
     """Airflow's own ``DagBag`` over a file or folder (it moved to ``airflow.dag_processing`` in 3.2)."""
     try:

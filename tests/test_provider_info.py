@@ -111,3 +111,30 @@ def test_trigger_module_is_light_for_the_triggerer_loop() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_sensor_and_trigger_load_no_operator_and_no_storage() -> None:
+    """What both need lives below them (``polling``): the sensor imports no operator module."""
+    code = (
+        "import sys\n"
+        "import airflow_provider_getimage.sensors.getimage, airflow_provider_getimage.triggers.getimage\n"
+        "loaded = [m for m in sys.modules if m.startswith('airflow_provider_getimage.')]\n"
+        "bad = [m for m in loaded if m.startswith('airflow_provider_getimage.operators')\n"
+        "       or m in ('airflow_provider_getimage.storage', 'airflow_provider_getimage.hooks.images')]\n"
+        "sys.exit(str(bad) if bad else 0)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_operators_that_return_image_urls_say_so() -> None:
+    """Downloads find their upstream URLs by this class attribute, not by importing the classes."""
+    from airflow_provider_getimage.operators.getimage import (
+        GetImageDiffusionOperator,
+        GetImageDownloadOperator,
+    )
+    from airflow_provider_getimage.sensors.getimage import GetImageDiffusionSensor
+
+    assert GetImageDiffusionOperator.returns_image_urls is True
+    assert GetImageDiffusionSensor.returns_image_urls is True
+    assert not getattr(GetImageDownloadOperator, "returns_image_urls", False)

@@ -12,7 +12,10 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -99,3 +102,8 @@ class ImageServer:
             if not script:
                 return Answer(status=404, content_type="text/plain", body=b"not scripted")
             return script.pop(0) if len(script) > 1 else script[0]
+
+
+def files_in(folder: Path) -> list[str]:
+    """Every file under ``folder`` (hidden ones too: a leftover ``.part`` must show)."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
