@@ -25,13 +25,19 @@ import posixpath
 import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, Unpack
 from urllib.parse import urlsplit
 
 from airflow.providers.common.compat.sdk import ObjectStoragePath
 
 from airflow_provider_getimage import _rules
-from airflow_provider_getimage.hooks.images import ImageFetcher
+from airflow_provider_getimage.hooks.images import (
+    DEFAULT_DOWNLOAD_ATTEMPTS,
+    DEFAULT_DOWNLOAD_TIMEOUT,
+    DEFAULT_MAX_IMAGE_BYTES,
+    FetchOptions,
+    ImageFetcher,
+)
 from airflow_provider_getimage.hooks.transport import describe
 
 if TYPE_CHECKING:
@@ -55,12 +61,6 @@ __all__ = [
 
 DEFAULT_DESTINATION = "file:///tmp/getimage/{{ dag.dag_id }}/{{ run_id }}/"
 """Where images go unless a task says otherwise: a folder per DAG and run under ``/tmp/getimage``."""
-DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
-"""The largest image accepted (50 MiB): far above any generated image, low enough to stop a runaway."""
-DEFAULT_DOWNLOAD_TIMEOUT = 60.0
-"""Seconds to wait for the first byte of an answer and between two chunks (connecting: 10 s)."""
-DEFAULT_DOWNLOAD_ATTEMPTS = 4
-"""Attempts per image in all: transient errors (network, 5xx, 429) are retried with backoff."""
 _LOCAL_PROTOCOLS = frozenset({"file", "local"})
 _EXTENSIONS = {
     "image/png": "png",
@@ -277,34 +277,17 @@ class ImageStore:
 
     :param destination: the folder, from :func:`destination_path`.
     :param log: the task's logger (a stdlib or structlog logger).
-    :param max_image_bytes: larger images fail the download (and nothing is left behind).
-    :param request_timeout: seconds to wait for an answer and between two chunks.
-    :param attempts: attempts per image, the first included.
-    :param retry_policy: backoff bounds; ``max_attempts`` is taken from ``attempts``.
+    :param options: the downloads' limits (``hooks.images.FetchOptions``: ``max_image_bytes``,
+        ``request_timeout``, ``attempts``, ``retry_policy``).
     """
 
-    def __init__(
-        self,
-        destination: ObjectStoragePath,
-        log: Any,
-        *,
-        max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
-        request_timeout: float = DEFAULT_DOWNLOAD_TIMEOUT,
-        attempts: int = DEFAULT_DOWNLOAD_ATTEMPTS,
-        retry_policy: _rules.RetryPolicy | None = None,
-    ) -> None:
+    def __init__(self, destination: ObjectStoragePath, log: Any, **options: Unpack[FetchOptions]) -> None:
         self.destination = destination
         self.log = log
         self.fs = filesystem(destination)
         self.local = destination.protocol in _LOCAL_PROTOCOLS
         self.folder = destination.path.rstrip("/") or destination.path
-        self.fetcher = ImageFetcher(
-            log,
-            max_image_bytes=max_image_bytes,
-            request_timeout=request_timeout,
-            attempts=attempts,
-            retry_policy=retry_policy,
-        )
+        self.fetcher = ImageFetcher(log, **options)
         self._folder_ready = False
 
     def __enter__(self) -> Self:

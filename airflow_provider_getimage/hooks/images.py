@@ -10,7 +10,7 @@ to repeat. What is done with the bytes (``storage.ImageStore``) is the caller's.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
 import requests
 
@@ -22,12 +22,34 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from types import TracebackType
 
-__all__ = ["CHUNK_SIZE", "ImageFetcher"]
+__all__ = [
+    "CHUNK_SIZE",
+    "DEFAULT_DOWNLOAD_ATTEMPTS",
+    "DEFAULT_DOWNLOAD_TIMEOUT",
+    "DEFAULT_MAX_IMAGE_BYTES",
+    "FetchOptions",
+    "ImageFetcher",
+]
 
 T = TypeVar("T")
 
 CHUNK_SIZE = 64 * 1024
+DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
+"""The largest image accepted (50 MiB): far above any generated image, low enough to stop a runaway."""
+DEFAULT_DOWNLOAD_TIMEOUT = 60.0
+"""Seconds to wait for the first byte of an answer and between two chunks (connecting: 10 s)."""
+DEFAULT_DOWNLOAD_ATTEMPTS = 4
+"""Attempts per image in all: transient errors (network, 5xx, 429) are retried with backoff."""
 DEFAULT_RETRY_POLICY = _rules.RetryPolicy(backoff_base=1.0, backoff_max=10.0, retry_after_cap=30.0)
+
+
+class FetchOptions(TypedDict, total=False):
+    """The limits of :class:`ImageFetcher`, passed through by ``storage.ImageStore``."""
+
+    max_image_bytes: int
+    request_timeout: float
+    attempts: int
+    retry_policy: _rules.RetryPolicy | None
 
 
 class _NoCredentials(requests.auth.AuthBase):
@@ -60,9 +82,9 @@ class ImageFetcher:
         self,
         log: Any,
         *,
-        max_image_bytes: int,
-        request_timeout: float,
-        attempts: int,
+        max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+        request_timeout: float = DEFAULT_DOWNLOAD_TIMEOUT,
+        attempts: int = DEFAULT_DOWNLOAD_ATTEMPTS,
         retry_policy: _rules.RetryPolicy | None = None,
     ) -> None:
         self.log = log
