@@ -10,7 +10,6 @@ async hook leases its session from ``hooks.sessions``. The errors are re-exporte
 from __future__ import annotations
 
 import os
-import random
 import time
 import uuid
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -120,7 +119,6 @@ class GetImageHook(_HookMixin, HttpHook):
         self.retry_policy = retry_policy or self.default_retry_policy
         self._settings: ApiSettings | None = None
         self._session: requests.Session | None = None
-        self._random = random.Random()
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
@@ -222,9 +220,7 @@ class GetImageHook(_HookMixin, HttpHook):
     def _request(
         self, method: str, path: str, body: dict[str, Any] | None = None, diffusion_id: str | None = None
     ) -> dict[str, Any]:
-        retries = api_retries(
-            method, path, self.settings, self.retry_policy, self.log, self._random, diffusion_id
-        )
+        retries = api_retries(method, path, self.settings, self.retry_policy, self.log, diffusion_id)
         return call_with_retries(lambda: self._attempt(method, path, body), retries)
 
     # ------------------------------------------------------------------------------------ API
@@ -320,7 +316,6 @@ class GetImageAsyncHook(_HookMixin, HttpAsyncHook):
         self.retry_policy = retry_policy or self.default_retry_policy
         self._settings: ApiSettings | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._random = random.Random()
 
     async def get_settings(self) -> ApiSettings:
         """The connection's settings: one asynchronous lookup per event loop, shared by its hooks."""
@@ -379,7 +374,7 @@ class GetImageAsyncHook(_HookMixin, HttpAsyncHook):
         self, method: str, path: str, body: dict[str, Any] | None = None, diffusion_id: str | None = None
     ) -> dict[str, Any]:
         settings = await self.get_settings()
-        retries = api_retries(method, path, settings, self.retry_policy, self.log, self._random, diffusion_id)
+        retries = api_retries(method, path, settings, self.retry_policy, self.log, diffusion_id)
         return await call_with_retries_async(lambda: self._attempt(method, path, body), retries)
 
     async def submit_diffusion(

@@ -130,12 +130,14 @@ async def _new_session(settings: ApiSettings) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=POOL_SIZE, ssl=ssl_setting),
         headers=_rules.headers(settings.api_key),
-        # ``connect`` covers waiting for a pooled connection; ``sock_connect`` the TCP connect itself.
+        # ``total`` bounds the whole request (a server that trickles bytes is timed out too) with one
+        # timer per request; ``sock_connect`` the TCP connect itself. No per-read timer: it would be
+        # re-armed on every chunk, a cost per poll for nothing ``total`` does not already bound.
         timeout=aiohttp.ClientTimeout(
-            total=None,
+            total=settings.timeout,
             connect=POOL_WAIT_TIMEOUT,
             sock_connect=_rules.CONNECT_TIMEOUT,
-            sock_read=settings.timeout,
+            sock_read=None,
         ),
     )
 

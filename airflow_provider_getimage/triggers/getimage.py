@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import random
 import sys
-from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict
+import weakref
+from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict, cast
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
@@ -93,11 +94,7 @@ class GetImageDiffusionTrigger(BaseTrigger):
     async def _wait(self) -> TriggerEvent:
         """Poll until an outcome; return the one event (so ``run`` can only yield once)."""
         watch = DiffusionWatch(self.diffusion_id, self.log, end_time=self.end_time)
-        hook_class = (
-            _async_hook_class()
-            if _HOOKS_MODULE in sys.modules
-            else await asyncio.to_thread(_async_hook_class)
-        )
+        hook_class = await async_hook_class()
         # The first poll waits a random part of an interval: a thousand mapped tasks deferred at once
         # then spread their polls instead of hitting the API (and the pool) in lockstep. The task
         # checked the diffusion just before deferring, so this costs no detection time.
@@ -122,16 +119,33 @@ class GetImageDiffusionTrigger(BaseTrigger):
 
 
 _HOOKS_MODULE = "airflow_provider_getimage.hooks.getimage"
+_HOOK_IMPORTS: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, asyncio.Future[type[GetImageAsyncHook]]
+] = weakref.WeakKeyDictionary()
 
 
-def _async_hook_class() -> type[GetImageAsyncHook]:
+async def async_hook_class() -> type[GetImageAsyncHook]:
     """
-    Import the hook module (requests, aiohttp, the HTTP provider: about 0.15 s) in a thread.
+    ``GetImageAsyncHook``, its module (requests, aiohttp, the HTTP provider: about 0.15 s) imported
+    in a thread, once for every trigger of the loop.
 
     The triggerer imports this module and starts ``run`` on its event loop; a heavy import there
-    would stall every other trigger, so this module keeps it out of its top-level imports (and
-    once it is loaded, the thread hop is skipped).
+    would stall every other trigger. A thousand triggers started at once share one import: the
+    others wait for it without blocking the loop (a plain import of a module another thread is
+    still executing would block on Python's import lock).
     """
+    loaded = getattr(sys.modules.get(_HOOKS_MODULE), "GetImageAsyncHook", None)
+    if loaded is not None:
+        return cast("type[GetImageAsyncHook]", loaded)
+    loop = asyncio.get_running_loop()
+    pending = _HOOK_IMPORTS.get(loop)
+    if pending is None:
+        pending = _HOOK_IMPORTS[loop] = asyncio.ensure_future(asyncio.to_thread(_import_hook_class))
+    # Shielded: one trigger cancelled while waiting must not cancel the import for the others.
+    return await asyncio.shield(pending)
+
+
+def _import_hook_class() -> type[GetImageAsyncHook]:
     from airflow_provider_getimage.hooks.getimage import GetImageAsyncHook
 
     return GetImageAsyncHook
