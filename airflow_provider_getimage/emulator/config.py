@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 DEFAULT_API_KEY = "emulator-key"
@@ -43,32 +43,74 @@ def _check_share(name: str, value: float) -> None:
         raise ValueError(f"{name} must be between 0 and 1, got {value!r}")
 
 
+def knob(
+    help: str,
+    *,
+    flag: str | None = None,
+    metavar: str | None = None,
+    cli_default: Any = dataclasses.MISSING,
+) -> dict[str, Any]:
+    """The ``metadata`` of an :class:`EmulatorConfig` field, from which ``cli.py`` makes its flag.
+
+    Kept beside the field so a new knob is one edit: its default, type and ``--help`` line together.
+
+    :param help: the flag's ``--help`` line; every knob needs one.
+    :param flag: the flag's name, when it is not ``--`` plus the field name with dashes.
+    :param metavar: the placeholder shown in ``--help``.
+    :param cli_default: the flag's default, when the command differs from the fixtures and
+        :class:`Emulator` (``--port`` listens on 8000, an in-process emulator on a free port).
+    """
+    metadata: dict[str, Any] = {"help": help}
+    if flag is not None:
+        metadata["flag"] = flag
+    if metavar is not None:
+        metadata["metavar"] = metavar
+    if cli_default is not dataclasses.MISSING:
+        metadata["cli_default"] = cli_default
+    return metadata
+
+
 @dataclass(frozen=True)
 class EmulatorConfig:
     """Every knob of the emulator; all of them are CLI flags and fixture keyword arguments.
 
     Frozen so a snapshot handed to a test never changes under it; runtime changes
     (:meth:`Emulator.configure`, ``POST /_emulator/config``) swap in a new instance.
-    Timing knobs apply to diffusions created after the change.
+    Timing knobs apply to diffusions created after the change. Each field's :func:`knob`
+    metadata is its ``getimage-emulator`` flag, so a new knob needs no edit elsewhere.
     """
 
-    host: str = "127.0.0.1"
-    port: int = 0
-    api_keys: tuple[str, ...] = (DEFAULT_API_KEY,)
-    latency: float = 2.0
-    latency_jitter: float = 0.0
-    failure_rate: float = 0.0
-    failing_prompts: tuple[str, ...] = ()
-    rate_limit: float | None = None
-    retry_after: float = 1.0
-    error_rate: float = 0.0
-    drop_rate: float = 0.0
-    tls: bool = False
-    cert_dir: str | None = None
-    image_format: ImageFormat = "strings"
-    images_per_diffusion: int = 4
-    image_size: int = 256
-    seed: int | None = None
+    host: str = field(default="127.0.0.1", metadata=knob("address to bind"))
+    port: int = field(default=0, metadata=knob("port to bind; 0 picks a free one", cli_default=8000))
+    api_keys: tuple[str, ...] = field(
+        default=(DEFAULT_API_KEY,),
+        metadata=knob("accepted API key, repeatable", flag="--api-key", metavar="KEY"),
+    )
+    latency: float = field(default=2.0, metadata=knob("seconds per generation"))
+    latency_jitter: float = field(default=0.0, metadata=knob("uniform +/- seconds on latency"))
+    failure_rate: float = field(default=0.0, metadata=knob("share of diffusions ending FAILED"))
+    failing_prompts: tuple[str, ...] = field(
+        default=(),
+        metadata=knob(
+            "prompts containing TEXT (case-insensitive) end FAILED; repeatable",
+            flag="--fail-prompt",
+            metavar="TEXT",
+        ),
+    )
+    rate_limit: float | None = field(
+        default=None, metadata=knob("max /v1 requests per second before answering 429")
+    )
+    retry_after: float = field(default=1.0, metadata=knob("Retry-After seconds sent with 429"))
+    error_rate: float = field(default=0.0, metadata=knob("share of /v1 requests answered 5xx"))
+    drop_rate: float = field(default=0.0, metadata=knob("share of /v1 requests whose connection drops"))
+    tls: bool = field(default=False, metadata=knob("serve HTTPS with a freshly minted certificate"))
+    cert_dir: str | None = field(
+        default=None, metadata=knob("where to write the TLS files (default: a temp dir)")
+    )
+    image_format: ImageFormat = field(default="strings", metadata=knob("shape of `images` entries"))
+    images_per_diffusion: int = field(default=4, metadata=knob("images per diffusion"))
+    image_size: int = field(default=256, metadata=knob("PNG width and height"))
+    seed: int | None = field(default=None, metadata=knob("seed for every random decision"))
 
     def __post_init__(self) -> None:
         """Validate and normalise, so a bad knob fails at start instead of mid-test."""

@@ -7,6 +7,7 @@ stats (connection counting included), TLS, the CLI process and the pytest plugin
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import io
 import json
@@ -28,6 +29,7 @@ import requests
 from PIL import Image
 
 from airflow_provider_getimage.emulator import DEFAULT_API_KEY, Emulator, EmulatorConfig, Fault
+from airflow_provider_getimage.emulator.cli import build_parser, config_from_args
 from airflow_provider_getimage.emulator.images import render_png
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -844,6 +846,29 @@ def test_cli_rejects_bad_knobs():
     )
     assert result.returncode == 2
     assert "failure_rate" in result.stderr
+
+
+def test_every_knob_has_a_flag_with_help():
+    """Flags are made from the config's fields: a new knob gets one, and must say what it does."""
+    actions = {action.dest: action for action in build_parser()._actions}
+    for spec in dataclasses.fields(EmulatorConfig):
+        action = actions[spec.name]
+        assert action.option_strings, spec.name
+        assert action.help and action.help.strip(), spec.name
+
+
+def test_flags_map_onto_the_config():
+    parser = build_parser()
+    assert config_from_args(parser.parse_args([])) == EmulatorConfig(port=8000)
+    args = parser.parse_args(
+        ["--api-key", "k1", "--api-key", "k2", "--fail-prompt", "boom", "--tls", "--rate-limit", "2.5"]
+    )
+    config = config_from_args(args)
+    assert config.api_keys == ("k1", "k2")  # given keys replace the default one
+    assert config.failing_prompts == ("boom",)
+    assert config.tls is True
+    assert config.rate_limit == 2.5
+    assert "(default: emulator-key)" in parser.format_help()
 
 
 def test_pytest_plugin_fixtures(tmp_path):
