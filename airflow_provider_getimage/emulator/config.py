@@ -170,8 +170,9 @@ class EmulatorConfig:
 class Fault:
     """One scripted misbehaviour, served to the next ``times`` matching ``/v1/*`` requests.
 
-    Faults are deterministic, unlike the ``*_rate`` knobs, so a test can stage exactly the
-    failure it wants to prove a client survives.
+    Scripted faults are deterministic, so a test can stage exactly the failure it wants to prove
+    a client survives. The random knobs (``rate_limit``, ``error_rate``, ``drop_rate``) draw
+    their outcome as a :class:`Fault` too, so one place turns every fault into a response.
 
     :param kind: ``status`` answers ``status`` at once (JSON error body unless ``body``);
         ``status_after`` processes the request first (a POST creates its diffusion) then answers
@@ -214,7 +215,7 @@ class Fault:
         if not isinstance(self.times, int) or self.times < 1:
             raise ValueError(f"times must be a positive int, got {self.times!r}")
         if self.retry_after is not None and not isinstance(self.retry_after, str):
-            object.__setattr__(self, "retry_after", _format_retry_after(self.retry_after))
+            object.__setattr__(self, "retry_after", format_retry_after(self.retry_after))
         if self.method is not None:
             object.__setattr__(self, "method", self.method.upper())
 
@@ -241,6 +242,16 @@ class Fault:
         """JSON form, the inverse of :meth:`from_dict`."""
         return dataclasses.asdict(self)
 
+    @property
+    def serves_first(self) -> bool:
+        """Whether the request is served first (a POST creates its diffusion), then the fault shows."""
+        return self.kind in ("status_after", "drop_after")
+
+    @property
+    def drops(self) -> bool:
+        """Whether the connection closes with no response at all."""
+        return self.kind in ("drop", "drop_after")
+
     def matches(self, method: str, path: str) -> bool:
         """Whether this fault applies to a request; only ``/v1/`` requests are ever faulted."""
         if self.method is not None and self.method != method.upper():
@@ -250,7 +261,7 @@ class Fault:
         return path.startswith("/v1/")
 
 
-def _format_retry_after(value: Any) -> str:
+def format_retry_after(value: Any) -> str:
     """Render a numeric ``Retry-After`` as whole seconds, rounded up as RFC 9110 requires."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"retry_after must be a string or a number, got {value!r}")

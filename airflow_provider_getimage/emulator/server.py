@@ -15,7 +15,6 @@ import datetime
 import functools
 import json
 import logging
-import math
 import random
 import re
 import shutil
@@ -29,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from aiohttp import web
 
-from airflow_provider_getimage.emulator.config import EmulatorConfig, Fault
+from airflow_provider_getimage.emulator.config import EmulatorConfig, Fault, format_retry_after
 from airflow_provider_getimage.emulator.images import render_png
 from airflow_provider_getimage.emulator.tls import TLSFiles, create_certificates, server_ssl_context
 
@@ -40,7 +39,6 @@ log = logging.getLogger("airflow_provider_getimage.emulator")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Outcome = Literal["FINISHED", "FAILED"]
-Action = Literal["normal", "fault", "rate_limited", "drop", "drop_after", "error", "error_after"]
 
 _ERROR_CODES = {
     400: "invalid_request",
@@ -60,6 +58,7 @@ _ERROR_CODES = {
     504: "gateway_timeout",
 }
 _ERROR_MESSAGES = {
+    429: "Too many requests, slow down",
     500: "Internal server error",
     502: "Bad gateway: the upstream generation service did not answer",
     503: "Service temporarily unavailable, try again later",
@@ -176,21 +175,6 @@ class Diffusion:
         }
 
 
-@dataclass(frozen=True)
-class Decision:
-    """What the middleware does with one ``/v1/*`` request, decided under the state lock."""
-
-    action: Action
-    fault: Fault | None = None
-    status: int | None = None
-
-
-@dataclass
-class _PendingFault:
-    fault: Fault
-    remaining: int
-
-
 @dataclass
 class _Stats:
     requests: int = 0
@@ -220,7 +204,8 @@ class EmulatorState:
         self._config = config
         self._rng = random.Random(config.seed)
         self._diffusions: dict[str, Diffusion] = {}
-        self._faults: list[_PendingFault] = []
+        #: Scripted faults in order, each with how many more requests it will be served to.
+        self._faults: list[tuple[Fault, int]] = []
         self._stats = _Stats()
         self._window: collections.deque[float] = collections.deque()
 
@@ -251,12 +236,12 @@ class EmulatorState:
     def add_faults(self, faults: Iterable[Fault]) -> int:
         """Queue faults after those already pending; return how many are pending."""
         with self._lock:
-            self._faults.extend(_PendingFault(fault, fault.times) for fault in faults)
+            self._faults.extend((fault, fault.times) for fault in faults)
             return len(self._faults)
 
     def pending_faults(self) -> list[dict[str, Any]]:
         with self._lock:
-            return [{**p.fault.to_dict(), "remaining": p.remaining} for p in self._faults]
+            return [{**fault.to_dict(), "remaining": remaining} for fault, remaining in self._faults]
 
     def count_connection(self) -> None:
         with self._lock:
@@ -290,58 +275,63 @@ class EmulatorState:
         with self._lock:
             return self._diffusions.get(diffusion_id)
 
-    def admit(self, method: str, path: str) -> Decision:
-        """Count a ``/v1/*`` request and decide its fate: scripted fault, 429, drop, 5xx or normal.
+    def admit(self, method: str, path: str) -> Fault | None:
+        """Count a ``/v1/*`` request and decide its fault, or ``None`` to serve it normally.
 
         Scripted faults come first and in order, so a test's script is never pre-empted by the
-        random knobs; a request matched by a fault skips the knobs.
+        random knobs; a request matched by a scripted fault skips the knobs.
         """
         with self._lock:
             stats = self._stats
             stats.requests += 1
-            match = _DIFFUSION_PATH.match(path)
-            if method == "GET" and match:
+            poll = _DIFFUSION_PATH.match(path) if method == "GET" else None
+            if poll is not None:
                 stats.polls += 1
-                stats.polls_by_id[match["diffusion_id"]] += 1
-
-            for pending in self._faults:
-                fault = pending.fault
-                if not fault.matches(method, path):
-                    continue
-                if fault.kind == "diffusion_status" and not (method == "GET" and match):
-                    continue
-                pending.remaining -= 1
-                if pending.remaining <= 0:
-                    self._faults.remove(pending)
+                stats.polls_by_id[poll["diffusion_id"]] += 1
+            fault = self._next_scripted(method, path, is_poll=poll is not None)
+            if fault is not None:
                 stats.faults_served += 1
-                if fault.kind in ("drop", "drop_after"):
-                    stats.dropped += 1
-                return Decision("fault", fault=fault)
-
-            config = self._config
-            if config.rate_limit is not None:
-                now = time.monotonic()
-                window = self._window
-                while window and window[0] <= now - 1.0:
-                    window.popleft()
-                if len(window) + 1 > config.rate_limit:
-                    stats.rate_limited += 1
-                    return Decision("rate_limited")
-                window.append(now)
-
-            rng = self._rng
-            if config.drop_rate and rng.random() < config.drop_rate:
+            else:
+                fault = self._knob_fault(method)
+            if fault is not None and fault.drops:
                 stats.dropped += 1
-                after = method == "POST" and rng.random() < 0.5
-                return Decision("drop_after" if after else "drop")
-            if config.error_rate and rng.random() < config.error_rate:
-                stats.errors_injected += 1
-                status = rng.choice((500, 502, 503))
-                # A 503 is refused up front; a 500/502 on a POST comes after the work was done,
-                # like a gateway timing out on a backend that carried on.
-                after = method == "POST" and status != 503
-                return Decision("error_after" if after else "error", status=status)
-            return Decision("normal")
+            return fault
+
+    def _next_scripted(self, method: str, path: str, *, is_poll: bool) -> Fault | None:
+        """Use up one serving of the first pending fault that matches; the lock is held."""
+        for position, (fault, remaining) in enumerate(self._faults):
+            if not fault.matches(method, path) or (fault.kind == "diffusion_status" and not is_poll):
+                continue
+            if remaining > 1:
+                self._faults[position] = (fault, remaining - 1)
+            else:
+                del self._faults[position]
+            return fault
+        return None
+
+    def _knob_fault(self, method: str) -> Fault | None:
+        """The fault the random knobs draw for one request (429, drop or 5xx); the lock is held."""
+        config, rng = self._config, self._rng
+        if config.rate_limit is not None:
+            now = time.monotonic()
+            window = self._window
+            while window and window[0] <= now - 1.0:
+                window.popleft()
+            if len(window) + 1 > config.rate_limit:
+                self._stats.rate_limited += 1
+                return Fault("status", status=429, retry_after=format_retry_after(config.retry_after))
+            window.append(now)
+        if config.drop_rate and rng.random() < config.drop_rate:
+            after = method == "POST" and rng.random() < 0.5
+            return Fault("drop_after" if after else "drop")
+        if config.error_rate and rng.random() < config.error_rate:
+            self._stats.errors_injected += 1
+            status = rng.choice((500, 502, 503))
+            # A 503 is refused up front; a 500/502 on a POST comes after the work was done,
+            # like a gateway timing out on a backend that carried on.
+            after = method == "POST" and status != 503
+            return Fault("status_after" if after else "status", status=status)
+        return None
 
     def create_diffusion(self, prompt: str, model: str, body: dict[str, Any]) -> Diffusion:
         """Record a submission and decide now, reproducibly under ``seed``, how it will end."""
@@ -406,8 +396,8 @@ async def _call(handler: Handler, request: web.Request) -> web.StreamResponse:
         return error_response(exc.status, message)
 
 
-def _fault_response(fault: Fault) -> web.Response:
-    """The canned answer of a ``status`` or ``status_after`` fault."""
+def _status_response(fault: Fault) -> web.Response:
+    """The canned answer of a ``status`` or ``status_after`` fault, scripted or drawn by a knob."""
     assert fault.status is not None
     headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
     if fault.body is not None:
@@ -446,8 +436,8 @@ class EmulatorApp:
         """Apply scripted faults and random knobs to ``/v1/*`` only; control and image routes stay clean."""
         if not request.path.startswith("/v1/"):
             return await _call(handler, request)
-        decision = self.state.admit(request.method, request.path)
-        response = await self._apply(decision, request, handler)
+        fault = self.state.admit(request.method, request.path)
+        response = await self._serve(fault, request, handler)
         if response is None:
             log.info("%s %s -> connection dropped", request.method, request.path)
             return _drop(request)
@@ -455,40 +445,13 @@ class EmulatorApp:
         self.state.count_response(response.status)
         return response
 
-    async def _apply(
-        self, decision: Decision, request: web.Request, handler: Handler
+    async def _serve(
+        self, fault: Fault | None, request: web.Request, handler: Handler
     ) -> web.StreamResponse | None:
-        """Produce the response for a decision; ``None`` means drop the connection."""
-        action = decision.action
-        if action == "normal":
+        """The one place a fault becomes a response; ``None`` means drop the connection."""
+        if fault is None:
             return await _call(handler, request)
-        if action == "rate_limited":
-            retry_after = str(max(0, math.ceil(self.state.config.retry_after)))
-            return error_response(429, "Too many requests, slow down", headers={"Retry-After": retry_after})
-        if action == "drop":
-            return None
-        if action == "drop_after":
-            await _call(handler, request)
-            return None
-        if action in ("error", "error_after"):
-            assert decision.status is not None
-            if action == "error_after":
-                await _call(handler, request)
-            log.info("%s %s -> injected %s", request.method, request.path, decision.status)
-            return error_response(decision.status, _ERROR_MESSAGES[decision.status])
-        fault = decision.fault
-        assert fault is not None
         log.info("%s %s -> fault %s", request.method, request.path, fault.kind)
-        if fault.kind == "status":
-            return _fault_response(fault)
-        if fault.kind == "status_after":
-            await _call(handler, request)
-            return _fault_response(fault)
-        if fault.kind == "drop":
-            return None
-        if fault.kind == "drop_after":
-            await _call(handler, request)
-            return None
         if fault.kind == "delay":
             # A slow server has the request in hand: read the body first, so the work is still done
             # (and a submission still created) when the client has given up and closed.
@@ -498,8 +461,11 @@ class EmulatorApp:
         if fault.kind == "body":
             assert fault.body is not None
             return web.Response(status=200, text=fault.body, content_type=fault.content_type)
-        # diffusion_status: admit() only matches it to GET /v1/diffusions/{id}, i.e. self.get
-        return await _call(functools.partial(self.get, status_override=fault.value), request)
+        if fault.kind == "diffusion_status":  # admit() only matches it to GET /v1/diffusions/{id}
+            return await _call(functools.partial(self.get, status_override=fault.value), request)
+        if fault.serves_first:
+            await _call(handler, request)
+        return None if fault.drops else _status_response(fault)
 
     # -- the API ---------------------------------------------------------------------------------
 
