@@ -117,7 +117,8 @@ def _write_ready_file(path: str, url: str) -> None:
 
 async def serve(config: EmulatorConfig, ready_file: str | None = None) -> None:
     """Serve until SIGINT or SIGTERM, then shut down cleanly (exit status 0)."""
-    from airflow_provider_getimage.emulator.server import EmulatorState, ServerCore, prepare_tls
+    from airflow_provider_getimage.emulator.runner import ServerCore, prepare_tls
+    from airflow_provider_getimage.emulator.state import EmulatorState
 
     tls_files, temp_dir = prepare_tls(config)
     core = ServerCore(EmulatorState(config), tls_files)

@@ -854,7 +854,7 @@ def test_every_knob_has_a_flag_with_help():
     for spec in dataclasses.fields(EmulatorConfig):
         action = actions[spec.name]
         assert action.option_strings, spec.name
-        assert action.help and action.help.strip(), spec.name
+        assert (action.help or "").strip(), spec.name
 
 
 def test_flags_map_onto_the_config():
@@ -941,7 +941,8 @@ def test_plugin_import_is_light():
     """Pytest imports the plugin in every run, so it must not pull in the server stack."""
     code = (
         "import sys, airflow_provider_getimage.emulator.pytest_plugin, airflow_provider_getimage.emulator;"
-        "heavy = [m for m in ('airflow_provider_getimage.emulator.server', "
+        "heavy = [m for m in ('airflow_provider_getimage.emulator.runner', "
+        "'airflow_provider_getimage.emulator.app', "
         "'airflow_provider_getimage.emulator.tls', 'aiohttp.web') if m in sys.modules];"
         "assert not heavy, heavy"
     )
