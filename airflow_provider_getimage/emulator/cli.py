@@ -58,8 +58,11 @@ class _Repeat(argparse.Action):
 def _flag_options(spec: dataclasses.Field[Any], hint: Any) -> dict[str, Any]:
     """``add_argument`` keywords for one :class:`EmulatorConfig` field, from its type and metadata.
 
-    :raises TypeError: for a field type no flag shape fits, so a new knob fails loudly here.
+    :raises TypeError: for a field with no help or of a type no flag shape fits, so a new knob
+        fails loudly here rather than as a flag that does the wrong thing.
     """
+    if not spec.metadata.get("help"):
+        raise TypeError(f"knob {spec.name!r} has no help: give its field metadata=knob('...')")
     options: dict[str, Any] = {
         "dest": spec.name,
         "default": spec.metadata.get("cli_default", spec.default),
