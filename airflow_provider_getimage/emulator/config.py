@@ -21,9 +21,6 @@ FaultKind = Literal["status", "status_after", "drop", "drop_after", "delay", "bo
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 IMAGE_FORMATS: tuple[str, ...] = get_args(ImageFormat)
 
-#: Knobs fixed once the server listens: changing them would need a new socket or certificate.
-STARTUP_ONLY_KNOBS = frozenset({"host", "port", "tls", "cert_dir"})
-
 
 def _as_str_tuple(name: str, value: Any) -> tuple[str, ...]:
     """Normalise a knob that holds strings, so ``"key"`` and ``["key"]`` both mean one entry."""
@@ -49,6 +46,7 @@ def knob(
     flag: str | None = None,
     metavar: str | None = None,
     cli_default: Any = dataclasses.MISSING,
+    startup_only: bool = False,
 ) -> dict[str, Any]:
     """The ``metadata`` of an :class:`EmulatorConfig` field, from which ``cli.py`` makes its flag.
 
@@ -59,8 +57,10 @@ def knob(
     :param metavar: the placeholder shown in ``--help``.
     :param cli_default: the flag's default, when the command differs from the fixtures and
         :class:`Emulator` (``--port`` listens on 8000, an in-process emulator on a free port).
+    :param startup_only: the knob is fixed once the server listens (a new socket or certificate
+        would be needed), so :meth:`EmulatorConfig.updated` refuses it while running.
     """
-    metadata: dict[str, Any] = {"help": help}
+    metadata: dict[str, Any] = {"help": help, "startup_only": startup_only}
     if flag is not None:
         metadata["flag"] = flag
     if metavar is not None:
@@ -80,8 +80,11 @@ class EmulatorConfig:
     metadata is its ``getimage-emulator`` flag, so a new knob needs no edit elsewhere.
     """
 
-    host: str = field(default="127.0.0.1", metadata=knob("address to bind"))
-    port: int = field(default=0, metadata=knob("port to bind; 0 picks a free one", cli_default=8000))
+    host: str = field(default="127.0.0.1", metadata=knob("address to bind", startup_only=True))
+    port: int = field(
+        default=0,
+        metadata=knob("port to bind; 0 picks a free one", cli_default=8000, startup_only=True),
+    )
     api_keys: tuple[str, ...] = field(
         default=(DEFAULT_API_KEY,),
         metadata=knob("accepted API key, repeatable", flag="--api-key", metavar="KEY"),
@@ -103,9 +106,11 @@ class EmulatorConfig:
     retry_after: float = field(default=1.0, metadata=knob("Retry-After seconds sent with 429"))
     error_rate: float = field(default=0.0, metadata=knob("share of /v1 requests answered 5xx"))
     drop_rate: float = field(default=0.0, metadata=knob("share of /v1 requests whose connection drops"))
-    tls: bool = field(default=False, metadata=knob("serve HTTPS with a freshly minted certificate"))
+    tls: bool = field(
+        default=False, metadata=knob("serve HTTPS with a freshly minted certificate", startup_only=True)
+    )
     cert_dir: str | None = field(
-        default=None, metadata=knob("where to write the TLS files (default: a temp dir)")
+        default=None, metadata=knob("where to write the TLS files (default: a temp dir)", startup_only=True)
     )
     image_format: ImageFormat = field(default="strings", metadata=knob("shape of `images` entries"))
     images_per_diffusion: int = field(default=4, metadata=knob("images per diffusion"))
@@ -164,6 +169,12 @@ class EmulatorConfig:
             if fixed:
                 raise ValueError(f"knob(s) cannot change while running: {', '.join(fixed)}")
         return dataclasses.replace(self, **dict(knobs))
+
+
+#: Knobs fixed once the server listens: changing them would need a new socket or certificate.
+STARTUP_ONLY_KNOBS = frozenset(
+    spec.name for spec in dataclasses.fields(EmulatorConfig) if spec.metadata["startup_only"]
+)
 
 
 @dataclass(frozen=True)
