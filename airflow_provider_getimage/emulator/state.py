@@ -249,7 +249,11 @@ class EmulatorState:
             return fault
 
     def _next_scripted(self, method: str, path: str, *, is_poll: bool) -> Fault | None:
-        """Use up one serving of the first pending fault that matches; the lock is held."""
+        """Use up one serving of the first pending fault that matches; the lock is held.
+
+        :param is_poll: the request is ``GET /v1/diffusions/{id}``, the only one a
+            ``diffusion_status`` fault can rewrite.
+        """
         for position, (fault, remaining) in enumerate(self._faults):
             if not fault.matches(method, path) or (fault.kind == "diffusion_status" and not is_poll):
                 continue
@@ -261,7 +265,11 @@ class EmulatorState:
         return None
 
     def _knob_fault(self, method: str) -> Fault | None:
-        """The fault the random knobs draw for one request (429, drop or 5xx); the lock is held."""
+        """The fault the random knobs draw for one request (429, drop or 5xx); the lock is held.
+
+        :param method: only a POST can be served before its fault (``*_after``), as a backend
+            that carried on behind a failing gateway would create the diffusion.
+        """
         config, rng = self._config, self._rng
         if config.rate_limit is not None:
             now = time.monotonic()
