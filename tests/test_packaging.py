@@ -106,7 +106,9 @@ def test_wheel_holds_the_provider_the_emulator_and_the_example_dags(built: Built
             "emulator/__init__",
             "emulator/__main__",
             "emulator/cli",
-            "emulator/server",
+            "emulator/state",
+            "emulator/app",
+            "emulator/runner",
             "emulator/pytest_plugin",
         )
     }

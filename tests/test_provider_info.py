@@ -94,7 +94,7 @@ def test_emulator_never_imports_the_rules() -> None:
     """The emulator must not share the provider's rules, so a wrong rule cannot hide on both sides."""
     code = (
         "import sys\n"
-        "import airflow_provider_getimage.emulator.server, airflow_provider_getimage.emulator.cli\n"
+        "import airflow_provider_getimage.emulator.runner, airflow_provider_getimage.emulator.cli\n"
         "sys.exit('airflow_provider_getimage._rules' in sys.modules or 'airflow' in sys.modules)\n"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

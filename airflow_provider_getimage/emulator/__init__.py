@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_getimage.emulator.config import DEFAULT_API_KEY, EmulatorConfig, Fault
 
 if TYPE_CHECKING:
-    from airflow_provider_getimage.emulator.server import Emulator
+    from airflow_provider_getimage.emulator.runner import Emulator
 
 __all__ = ["DEFAULT_API_KEY", "Emulator", "EmulatorConfig", "Fault"]
 
@@ -19,7 +19,7 @@ __all__ = ["DEFAULT_API_KEY", "Emulator", "EmulatorConfig", "Fault"]
 def __getattr__(name: str) -> Any:
     """Import :class:`Emulator` on first use only."""
     if name == "Emulator":
-        from airflow_provider_getimage.emulator.server import Emulator
+        from airflow_provider_getimage.emulator.runner import Emulator
 
         return Emulator
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,87 +5,97 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
 import signal
 import sys
+import types
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from airflow_provider_getimage.emulator.config import DEFAULT_API_KEY, IMAGE_FORMATS, EmulatorConfig
+from airflow_provider_getimage.emulator.config import EmulatorConfig
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 log = logging.getLogger("airflow_provider_getimage.emulator")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Show defaults, except the empty ones that would only print ``(default: None)``."""
+    """Show defaults, except the empty ones that would only print ``(default: None)``.
+
+    A repeatable knob's tuple default prints as its items (``emulator-key``), not as a tuple.
+    """
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or action.default is False or action.default == []:
+        default = action.default
+        if default is None or default is False or default == () or default == []:
             return action.help
+        if isinstance(default, tuple):
+            shown = ", ".join(default).replace("%", "%%")
+            return f"{action.help} (default: {shown})"
         return super()._get_help_string(action)
 
 
+class _Repeat(argparse.Action):
+    """``append`` that replaces the default on first use; argparse's own appends to it."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        given = getattr(namespace, self.dest)
+        items = [] if given is self.default else list(given)
+        items.append(values)
+        setattr(namespace, self.dest, items)
+
+
+def _flag_options(spec: dataclasses.Field[Any], hint: Any) -> dict[str, Any]:
+    """``add_argument`` keywords for one :class:`EmulatorConfig` field, from its type and metadata.
+
+    :raises TypeError: for a field with no help or of a type no flag shape fits, so a new knob
+        fails loudly here rather than as a flag that does the wrong thing.
+    """
+    if not spec.metadata.get("help"):
+        raise TypeError(f"knob {spec.name!r} has no help: give its field metadata=knob('...')")
+    options: dict[str, Any] = {
+        "dest": spec.name,
+        "default": spec.metadata.get("cli_default", spec.default),
+        "help": spec.metadata["help"],
+    }
+    if "metavar" in spec.metadata:
+        options["metavar"] = spec.metadata["metavar"]
+    if get_origin(hint) in (Union, types.UnionType):  # ``X | None``: the flag takes an X
+        (hint,) = (arg for arg in get_args(hint) if arg is not type(None))
+    if hint is bool and options["default"] is False:
+        options["action"] = "store_true"
+    elif get_origin(hint) is tuple and get_args(hint) == (str, ...):
+        options["action"] = _Repeat
+    elif get_origin(hint) is Literal:
+        options["choices"] = get_args(hint)
+    elif hint in (int, float, str):
+        options["type"] = hint
+    else:
+        raise TypeError(f"no command-line flag shape for knob {spec.name!r} of type {hint!r}")
+    return options
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """One flag per :class:`EmulatorConfig` knob, plus process-level options."""
-    defaults = EmulatorConfig()
+    """One flag per :class:`EmulatorConfig` field, made from its metadata, plus process-level options."""
     parser = argparse.ArgumentParser(
         prog="getimage-emulator",
         description="Local stand-in for the GetImage.io API (https://api.getimage.io), faults included.",
         formatter_class=_HelpFormatter,
     )
-    parser.add_argument("--host", default=defaults.host, help="address to bind")
-    parser.add_argument("--port", type=int, default=8000, help="port to bind; 0 picks a free one")
-    parser.add_argument(
-        "--api-key",
-        dest="api_keys",
-        action="append",
-        metavar="KEY",
-        help=f"accepted API key, repeatable (default: {DEFAULT_API_KEY})",
-    )
-    parser.add_argument("--latency", type=float, default=defaults.latency, help="seconds per generation")
-    parser.add_argument(
-        "--latency-jitter", type=float, default=defaults.latency_jitter, help="uniform +/- seconds on latency"
-    )
-    parser.add_argument(
-        "--failure-rate", type=float, default=defaults.failure_rate, help="share of diffusions ending FAILED"
-    )
-    parser.add_argument(
-        "--fail-prompt",
-        dest="failing_prompts",
-        action="append",
-        default=[],
-        metavar="TEXT",
-        help="prompts containing TEXT (case-insensitive) end FAILED; repeatable",
-    )
-    parser.add_argument(
-        "--rate-limit", type=float, default=None, help="max /v1 requests per second before answering 429"
-    )
-    parser.add_argument(
-        "--retry-after", type=float, default=defaults.retry_after, help="Retry-After seconds sent with 429"
-    )
-    parser.add_argument(
-        "--error-rate", type=float, default=defaults.error_rate, help="share of /v1 requests answered 5xx"
-    )
-    parser.add_argument(
-        "--drop-rate",
-        type=float,
-        default=defaults.drop_rate,
-        help="share of /v1 requests whose connection drops",
-    )
-    parser.add_argument("--tls", action="store_true", help="serve HTTPS with a freshly minted certificate")
-    parser.add_argument("--cert-dir", default=None, help="where to write the TLS files (default: a temp dir)")
-    parser.add_argument(
-        "--image-format",
-        choices=IMAGE_FORMATS,
-        default=defaults.image_format,
-        help="shape of `images` entries",
-    )
-    parser.add_argument(
-        "--images-per-diffusion", type=int, default=defaults.images_per_diffusion, help="images per diffusion"
-    )
-    parser.add_argument("--image-size", type=int, default=defaults.image_size, help="PNG width and height")
-    parser.add_argument("--seed", type=int, default=None, help="seed for every random decision")
+    hints = get_type_hints(EmulatorConfig)
+    for spec in dataclasses.fields(EmulatorConfig):
+        flag = spec.metadata.get("flag", "--" + spec.name.replace("_", "-"))
+        parser.add_argument(flag, **_flag_options(spec, hints[spec.name]))
     parser.add_argument("--ready-file", default=None, help="write the base URL to this file once listening")
     parser.add_argument(
         "--log-level",
@@ -97,26 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
-    """Map parsed flags onto :class:`EmulatorConfig`, which validates them."""
-    return EmulatorConfig(
-        host=args.host,
-        port=args.port,
-        api_keys=tuple(args.api_keys or (DEFAULT_API_KEY,)),
-        latency=args.latency,
-        latency_jitter=args.latency_jitter,
-        failure_rate=args.failure_rate,
-        failing_prompts=tuple(args.failing_prompts),
-        rate_limit=args.rate_limit,
-        retry_after=args.retry_after,
-        error_rate=args.error_rate,
-        drop_rate=args.drop_rate,
-        tls=args.tls,
-        cert_dir=args.cert_dir,
-        image_format=args.image_format,
-        images_per_diffusion=args.images_per_diffusion,
-        image_size=args.image_size,
-        seed=args.seed,
-    )
+    """Hand the parsed knob flags to :class:`EmulatorConfig`, which validates them."""
+    return EmulatorConfig(**{name: getattr(args, name) for name in EmulatorConfig.knob_names()})
 
 
 def _write_ready_file(path: str, url: str) -> None:
@@ -128,7 +120,8 @@ def _write_ready_file(path: str, url: str) -> None:
 
 async def serve(config: EmulatorConfig, ready_file: str | None = None) -> None:
     """Serve until SIGINT or SIGTERM, then shut down cleanly (exit status 0)."""
-    from airflow_provider_getimage.emulator.server import EmulatorState, ServerCore, prepare_tls
+    from airflow_provider_getimage.emulator.runner import ServerCore, prepare_tls
+    from airflow_provider_getimage.emulator.state import EmulatorState
 
     tls_files, temp_dir = prepare_tls(config)
     core = ServerCore(EmulatorState(config), tls_files)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 DEFAULT_API_KEY = "emulator-key"
@@ -20,9 +20,6 @@ FaultKind = Literal["status", "status_after", "drop", "drop_after", "delay", "bo
 
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 IMAGE_FORMATS: tuple[str, ...] = get_args(ImageFormat)
-
-#: Knobs fixed once the server listens: changing them would need a new socket or certificate.
-STARTUP_ONLY_KNOBS = frozenset({"host", "port", "tls", "cert_dir"})
 
 
 def _as_str_tuple(name: str, value: Any) -> tuple[str, ...]:
@@ -43,32 +40,82 @@ def _check_share(name: str, value: float) -> None:
         raise ValueError(f"{name} must be between 0 and 1, got {value!r}")
 
 
+def knob(
+    help: str,
+    *,
+    flag: str | None = None,
+    metavar: str | None = None,
+    cli_default: Any = dataclasses.MISSING,
+    startup_only: bool = False,
+) -> dict[str, Any]:
+    """The ``metadata`` of an :class:`EmulatorConfig` field, from which ``cli.py`` makes its flag.
+
+    Kept beside the field so a new knob is one edit: its default, type and ``--help`` line together.
+
+    :param help: the flag's ``--help`` line; every knob needs one.
+    :param flag: the flag's name, when it is not ``--`` plus the field name with dashes.
+    :param metavar: the placeholder shown in ``--help``.
+    :param cli_default: the flag's default, when the command differs from the fixtures and
+        :class:`Emulator` (``--port`` listens on 8000, an in-process emulator on a free port).
+    :param startup_only: the knob is fixed once the server listens (a new socket or certificate
+        would be needed), so :meth:`EmulatorConfig.updated` refuses it while running.
+    """
+    metadata: dict[str, Any] = {"help": help, "startup_only": startup_only}
+    if flag is not None:
+        metadata["flag"] = flag
+    if metavar is not None:
+        metadata["metavar"] = metavar
+    if cli_default is not dataclasses.MISSING:
+        metadata["cli_default"] = cli_default
+    return metadata
+
+
 @dataclass(frozen=True)
 class EmulatorConfig:
     """Every knob of the emulator; all of them are CLI flags and fixture keyword arguments.
 
     Frozen so a snapshot handed to a test never changes under it; runtime changes
     (:meth:`Emulator.configure`, ``POST /_emulator/config``) swap in a new instance.
-    Timing knobs apply to diffusions created after the change.
+    Timing knobs apply to diffusions created after the change. Each field's :func:`knob`
+    metadata is its ``getimage-emulator`` flag, so a new knob needs no edit elsewhere.
     """
 
-    host: str = "127.0.0.1"
-    port: int = 0
-    api_keys: tuple[str, ...] = (DEFAULT_API_KEY,)
-    latency: float = 2.0
-    latency_jitter: float = 0.0
-    failure_rate: float = 0.0
-    failing_prompts: tuple[str, ...] = ()
-    rate_limit: float | None = None
-    retry_after: float = 1.0
-    error_rate: float = 0.0
-    drop_rate: float = 0.0
-    tls: bool = False
-    cert_dir: str | None = None
-    image_format: ImageFormat = "strings"
-    images_per_diffusion: int = 4
-    image_size: int = 256
-    seed: int | None = None
+    host: str = field(default="127.0.0.1", metadata=knob("address to bind", startup_only=True))
+    port: int = field(
+        default=0,
+        metadata=knob("port to bind; 0 picks a free one", cli_default=8000, startup_only=True),
+    )
+    api_keys: tuple[str, ...] = field(
+        default=(DEFAULT_API_KEY,),
+        metadata=knob("accepted API key, repeatable", flag="--api-key", metavar="KEY"),
+    )
+    latency: float = field(default=2.0, metadata=knob("seconds per generation"))
+    latency_jitter: float = field(default=0.0, metadata=knob("uniform +/- seconds on latency"))
+    failure_rate: float = field(default=0.0, metadata=knob("share of diffusions ending FAILED"))
+    failing_prompts: tuple[str, ...] = field(
+        default=(),
+        metadata=knob(
+            "prompts containing TEXT (case-insensitive) end FAILED; repeatable",
+            flag="--fail-prompt",
+            metavar="TEXT",
+        ),
+    )
+    rate_limit: float | None = field(
+        default=None, metadata=knob("max /v1 requests per second before answering 429")
+    )
+    retry_after: float = field(default=1.0, metadata=knob("Retry-After seconds sent with 429"))
+    error_rate: float = field(default=0.0, metadata=knob("share of /v1 requests answered 5xx"))
+    drop_rate: float = field(default=0.0, metadata=knob("share of /v1 requests whose connection drops"))
+    tls: bool = field(
+        default=False, metadata=knob("serve HTTPS with a freshly minted certificate", startup_only=True)
+    )
+    cert_dir: str | None = field(
+        default=None, metadata=knob("where to write the TLS files (default: a temp dir)", startup_only=True)
+    )
+    image_format: ImageFormat = field(default="strings", metadata=knob("shape of `images` entries"))
+    images_per_diffusion: int = field(default=4, metadata=knob("images per diffusion"))
+    image_size: int = field(default=256, metadata=knob("PNG width and height"))
+    seed: int | None = field(default=None, metadata=knob("seed for every random decision"))
 
     def __post_init__(self) -> None:
         """Validate and normalise, so a bad knob fails at start instead of mid-test."""
@@ -124,12 +171,19 @@ class EmulatorConfig:
         return dataclasses.replace(self, **dict(knobs))
 
 
+#: Knobs fixed once the server listens: changing them would need a new socket or certificate.
+STARTUP_ONLY_KNOBS = frozenset(
+    spec.name for spec in dataclasses.fields(EmulatorConfig) if spec.metadata["startup_only"]
+)
+
+
 @dataclass(frozen=True)
 class Fault:
     """One scripted misbehaviour, served to the next ``times`` matching ``/v1/*`` requests.
 
-    Faults are deterministic, unlike the ``*_rate`` knobs, so a test can stage exactly the
-    failure it wants to prove a client survives.
+    Scripted faults are deterministic, so a test can stage exactly the failure it wants to prove
+    a client survives. The random knobs (``rate_limit``, ``error_rate``, ``drop_rate``) draw
+    their outcome as a :class:`Fault` too, so one place turns every fault into a response.
 
     :param kind: ``status`` answers ``status`` at once (JSON error body unless ``body``);
         ``status_after`` processes the request first (a POST creates its diffusion) then answers
@@ -172,7 +226,7 @@ class Fault:
         if not isinstance(self.times, int) or self.times < 1:
             raise ValueError(f"times must be a positive int, got {self.times!r}")
         if self.retry_after is not None and not isinstance(self.retry_after, str):
-            object.__setattr__(self, "retry_after", _format_retry_after(self.retry_after))
+            object.__setattr__(self, "retry_after", format_retry_after(self.retry_after))
         if self.method is not None:
             object.__setattr__(self, "method", self.method.upper())
 
@@ -199,6 +253,16 @@ class Fault:
         """JSON form, the inverse of :meth:`from_dict`."""
         return dataclasses.asdict(self)
 
+    @property
+    def serves_first(self) -> bool:
+        """Whether the request is served first (a POST creates its diffusion), then the fault shows."""
+        return self.kind in ("status_after", "drop_after")
+
+    @property
+    def drops(self) -> bool:
+        """Whether the connection closes with no response at all."""
+        return self.kind in ("drop", "drop_after")
+
     def matches(self, method: str, path: str) -> bool:
         """Whether this fault applies to a request; only ``/v1/`` requests are ever faulted."""
         if self.method is not None and self.method != method.upper():
@@ -208,7 +272,7 @@ class Fault:
         return path.startswith("/v1/")
 
 
-def _format_retry_after(value: Any) -> str:
+def format_retry_after(value: Any) -> str:
     """Render a numeric ``Retry-After`` as whole seconds, rounded up as RFC 9110 requires."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"retry_after must be a string or a number, got {value!r}")

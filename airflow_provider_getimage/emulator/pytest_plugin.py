@@ -22,7 +22,7 @@ import pytest
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-    from airflow_provider_getimage.emulator.server import Emulator
+    from airflow_provider_getimage.emulator.runner import Emulator
 
 #: Knobs of the fixtures unless a test overrides them: quick generations, reproducible randomness.
 TEST_DEFAULTS: dict[str, Any] = {"latency": 0.5, "seed": 0}
@@ -45,7 +45,7 @@ def getimage_emulator_factory() -> Iterator[Callable[..., Emulator]]:
     ``failure_rate``, ``tls``, ``rate_limit``...) over the test defaults ``latency=0.5, seed=0``.
     Every emulator started through the factory is stopped at teardown.
     """
-    from airflow_provider_getimage.emulator.server import Emulator
+    from airflow_provider_getimage.emulator.runner import Emulator
 
     started: list[Emulator] = []
 
