@@ -34,22 +34,11 @@ class GetImageDiffusionOperator(ResumableJobMixin, BaseOperator):
     """
     Submit a prompt to GetImage.io and wait for the images.
 
-    The diffusion id is pushed to XCom (key ``diffusion_id``) right after the submission, before
-    any wait, so it is never lost. When waiting, the return value is the list of image URLs and
-    the final record is in XCom ``diffusion``; with ``wait_for_completion=False`` the return value
-    is the diffusion id (pair it with ``GetImageDiffusionSensor``).
-
-    With ``deferrable=True`` the wait happens in the triggerer (``GetImageDiffusionTrigger``), so
-    no worker slot is held for the minutes a generation takes; the deadline (``timeout``) is kept
-    by the trigger itself, so it always ends in ``execute_complete`` with a clear error.
-
-    Arguments known when the DAG is parsed are checked then, with an error naming the argument:
-    a bad submission would cost credits.
-
-    On Airflow 3.3+ the operator is durable (``ResumableJobMixin``): the diffusion id is kept in
-    the task state store, so a retry after a crashed worker reconnects to the running or finished
-    diffusion instead of submitting it again; a retry after a failed diffusion submits afresh.
-    Pass ``durable=False`` to submit on every try. Older Airflow submits on every try.
+    Pushes XCom ``diffusion_id`` right after the submission, before any wait, so the id is never
+    lost; returns the image URLs (the id with ``wait_for_completion=False``) and the final record
+    in XCom ``diffusion``. Deferrable: the wait and its deadline live in the trigger. Durable on
+    Airflow 3.3+: a retry reconnects to the diffusion it submitted instead of paying twice.
+    README "Operator, sensor, trigger" has the modes, the XCom contract and the retry rules.
 
     :param prompt: the text to draw (templated).
     :param model: the model (templated); ``None`` uses the connection's ``default_model`` extra.
@@ -60,9 +49,10 @@ class GetImageDiffusionOperator(ResumableJobMixin, BaseOperator):
         ``[operators] default_deferrable``.
     :param poll_interval: seconds between status checks while waiting.
     :param timeout: seconds to wait for the generation before failing with ``GetImageTimeoutError``.
-    :param max_poll_interval: opt-in backoff for long generations: once the wait has lasted ten
-        poll intervals, polls are spaced a tenth of the time waited so far, up to this many seconds.
-        None (default) polls every ``poll_interval``. Never shorter than ``poll_interval``.
+    :param max_poll_interval: opt-in backoff for long generations: polls spaced a tenth of the
+        time waited so far, up to this many seconds; None (default) polls every ``poll_interval``.
+    :param durable: keep the diffusion id in the task state store (Airflow 3.3+), so a retry
+        reconnects instead of submitting again; False submits on every try.
     """
 
     template_fields: Sequence[str] = ("prompt", "model", "parameters", "getimage_conn_id")

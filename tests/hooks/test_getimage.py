@@ -404,3 +404,26 @@ async def test_async_tls_with_ca_bundle(
     async with GetImageAsyncHook(retry_policy=FAST) as hook:
         record = await hook.submit_diffusion("secure async")
         assert (await hook.get_diffusion(record["id"]))["id"] == record["id"]
+
+
+def test_the_hooks_use_no_private_name_of_the_http_provider() -> None:
+    """Subclassing HttpHook / HttpAsyncHook stays on their public API: no private attribute or method."""
+    import ast
+    import inspect
+
+    from airflow.providers.http.hooks import http
+
+    import airflow_provider_getimage.hooks.getimage as module
+
+    base_private = {
+        name
+        for base in (http.HttpHook(), http.HttpAsyncHook())
+        for name in (*vars(base), *dir(type(base)))
+        if name.startswith("_") and not name.startswith("__")
+    }
+    used = {
+        node.attr
+        for node in ast.walk(ast.parse(inspect.getsource(module)))
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self"
+    }
+    assert used & base_private == set()
