@@ -35,12 +35,14 @@ __all__ = [
     "headers",
     "image_urls",
     "next_poll_delay",
+    "parse_max_bytes",
     "parse_retry_after",
     "parse_timeout",
     "parse_verify",
     "read_response",
     "retry_decision",
     "submit_body",
+    "too_large",
 ]
 
 DEFAULT_BASE_URL = "https://api.getimage.io"
@@ -48,7 +50,11 @@ DEFAULT_CONN_ID = "getimage_default"
 DEFAULT_MODEL = "midjourney"
 DIFFUSIONS_PATH = "/v1/diffusions"
 DEFAULT_REQUEST_TIMEOUT = 30.0
-"""Seconds to wait for a response (read timeout). Connecting gets ``CONNECT_TIMEOUT``."""
+"""Seconds one API request may take in all: connecting, sending, and the whole answer."""
+DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024
+"""The largest API answer read (1 MiB; a diffusion record is about 1 kB): extra ``max_response_bytes``."""
+ERROR_BODY_LIMIT = 8 * 1024
+"""Of an error answer (4xx/5xx) only this much is read before it is summarised."""
 CONNECT_TIMEOUT = 10.0
 DEFAULT_POLL_INTERVAL = 5.0
 DEFAULT_WAIT_TIMEOUT = 3600.0
@@ -67,10 +73,13 @@ _HOSTNAME = re.compile(r"^[A-Za-z0-9._~%:-]+$")
 """A host name, IPv4 or IPv6 address (``urlsplit`` strips IPv6 brackets): no spaces or quotes."""
 
 Classification = Literal["success", "failed", "running"]
-Failure = Literal["connect", "local", "read_timeout", "connection_lost", "tls", "bad_body", "http"]
+Failure = Literal[
+    "connect", "local", "read_timeout", "connection_lost", "tls", "bad_body", "too_large", "http"
+]
 """
 Why an attempt failed: ``connect`` (no connection, nothing sent), ``local`` (the client refused to
-send it), ``read_timeout`` / ``connection_lost`` (sent, answer lost), ``tls``, ``bad_body`` (2xx
+send it), ``read_timeout`` / ``connection_lost`` (sent, answer lost or not complete in time),
+``tls``, ``too_large`` (an answer over the size cap, abandoned), ``bad_body`` (2xx
 that is not a JSON object) or ``http`` (an error status).
 """
 
@@ -206,6 +215,30 @@ def parse_verify(value: object) -> bool | str:
     if text.lower() in ("false", "0", "no", "off"):
         return False
     return text
+
+
+def parse_max_bytes(value: object) -> int:
+    """The ``max_response_bytes`` extra: a positive whole number of bytes (default 1 MiB)."""
+    if value is None or value == "":
+        return DEFAULT_MAX_RESPONSE_BYTES
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number) or number < 1 or number != int(number):
+        raise ValueError(
+            f"Connection extra max_response_bytes={value!r} must be a positive whole number of bytes."
+        )
+    return int(number)
+
+
+def too_large(limit: int, setting: str, status_code: int | None = None) -> Attempt:
+    """An answer abandoned because it passed its size cap (the cap and its setting named)."""
+    return Attempt(
+        failure="too_large",
+        status_code=status_code,
+        message=f"the answer is larger than {limit} bytes ({setting}); it was not read further",
+    )
 
 
 def parse_timeout(value: object) -> float:
@@ -442,7 +475,7 @@ def is_retryable(method: str, attempt: Attempt) -> bool:
     if attempt.ok or attempt.failure in ("tls", "local") or (code is not None and code in NEVER_RETRIED):
         return False
     if method.upper() == "GET":
-        return attempt.failure in ("connect", "read_timeout", "connection_lost", "bad_body") or (
+        return attempt.failure in ("connect", "read_timeout", "connection_lost", "bad_body", "too_large") or (
             code is not None and (code == 429 or code >= 500)
         )
     return attempt.failure == "connect" or code in (429, 503)
@@ -482,7 +515,7 @@ def error_kind(method: str, attempt: Attempt) -> ErrorKind:
         return "rate_limit"
     # A submission that reached the server and whose answer was lost or broken may have been taken.
     lost_answer = code is None and attempt.failure not in ("connect", "local", "tls")
-    broken_answer = attempt.failure == "bad_body" or ((code or 0) >= 500 and code != 503)
+    broken_answer = attempt.failure in ("bad_body", "too_large") or ((code or 0) >= 500 and code != 503)
     if method.upper() == "POST" and (lost_answer or broken_answer):
         return "ambiguous_submit"
     return "request"

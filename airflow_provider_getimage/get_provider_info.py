@@ -79,7 +79,14 @@ def get_provider_info() -> dict[str, Any]:
                     "request_timeout": {
                         "label": "Request timeout (seconds)",
                         "schema": {"type": ["number", "null"]},
-                        "description": "Seconds to wait for each API response (30 if empty).",
+                        "description": "Seconds one API request may take in all, the whole answer "
+                        "included (30 if empty).",
+                    },
+                    "max_response_bytes": {
+                        "label": "Max response size (bytes)",
+                        "schema": {"type": ["integer", "null"]},
+                        "description": "Largest API answer read, in bytes; a larger one is abandoned "
+                        "(1048576 if empty).",
                     },
                     "verify": {
                         "label": "Verify TLS",

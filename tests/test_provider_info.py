@@ -75,6 +75,7 @@ def test_providers_manager_discovers_the_connection_form() -> None:
         "extra__getimage__default_model",
         "extra__getimage__request_timeout",
         "extra__getimage__verify",
+        "extra__getimage__max_response_bytes",
     }
 
 

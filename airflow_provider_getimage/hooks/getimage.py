@@ -9,6 +9,7 @@ async hook leases its session from ``hooks.sessions``. The errors are re-exporte
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 import uuid
@@ -38,10 +39,13 @@ from airflow_provider_getimage.hooks.settings import (
     warn_if_plain_http,
 )
 from airflow_provider_getimage.hooks.transport import (
+    AnswerCut,
     aiohttp_failure,
     api_retries,
     call_with_retries,
     call_with_retries_async,
+    read_body,
+    read_body_async,
     requests_failure,
 )
 from airflow_provider_getimage.polling import DiffusionWatch
@@ -199,28 +203,40 @@ class GetImageHook(_HookMixin, HttpHook):
 
     # ------------------------------------------------------------------------------ requests
     def _attempt(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any] | Attempt:
-        session = self.get_conn()
+        session, settings = self.get_conn(), self.settings
+        deadline = time.monotonic() + settings.timeout
         try:
             response = session.request(
                 method,
-                self.settings.base_url + path,
+                settings.base_url + path,
                 json=body,
-                timeout=(_rules.CONNECT_TIMEOUT, self.settings.timeout),
+                timeout=(_rules.CONNECT_TIMEOUT, settings.timeout),
                 # Per request: requests lets REQUESTS_CA_BUNDLE override a session's verify.
-                verify=self.settings.verify,
+                verify=settings.verify,
                 allow_redirects=False,
+                stream=True,  # read by read_body: bounded in size and in time
             )
         except requests.RequestException as exc:
             return requests_failure(exc)
-        attempt = _rules.read_response(
-            response.status_code, response.text, response.headers.get("Retry-After")
-        )
+        with response:
+            try:
+                raw = read_body(response, settings, deadline=deadline, timeout=settings.timeout)
+            except AnswerCut as cut:
+                return cut.attempt
+        attempt = _rules.read_response(response.status_code, raw, response.headers.get("Retry-After"))
         return attempt.data if attempt.data is not None else attempt
 
     def _request(
-        self, method: str, path: str, body: dict[str, Any] | None = None, diffusion_id: str | None = None
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        diffusion_id: str | None = None,
+        deadline: float | None = None,
     ) -> dict[str, Any]:
-        retries = api_retries(method, path, self.settings, self.retry_policy, self.log, diffusion_id)
+        retries = api_retries(
+            method, path, self.settings, self.retry_policy, self.log, diffusion_id, deadline
+        )
         return call_with_retries(lambda: self._attempt(method, path, body), retries)
 
     # ------------------------------------------------------------------------------------ API
@@ -235,10 +251,15 @@ class GetImageHook(_HookMixin, HttpHook):
         record = self._request("POST", _rules.DIFFUSIONS_PATH, body)
         return self._checked_submission(record, body["model"], self.log)
 
-    def get_diffusion(self, diffusion_id: str) -> dict[str, Any]:
-        """The current record of a diffusion (``status``; ``images`` once FINISHED)."""
+    def get_diffusion(self, diffusion_id: str, *, deadline: float | None = None) -> dict[str, Any]:
+        """
+        The current record of a diffusion (``status``; ``images`` once FINISHED).
+
+        :param deadline: epoch seconds after which no retry starts (a wait's own deadline).
+        """
         diffusion_id = _rules.check_diffusion_id(diffusion_id)
-        return self._request("GET", _rules.diffusion_path(diffusion_id), diffusion_id=diffusion_id)
+        path = _rules.diffusion_path(diffusion_id)
+        return self._request("GET", path, diffusion_id=diffusion_id, deadline=deadline)
 
     def wait_for_diffusion(
         self,
@@ -262,7 +283,7 @@ class GetImageHook(_HookMixin, HttpHook):
         max_poll_interval = _rules.check_max_poll_interval(max_poll_interval, poll_interval)
         watch = DiffusionWatch(diffusion_id, self.log, end_time=time.time() + timeout)
         while True:
-            poll = watch.check(self.get_diffusion)
+            poll = watch.check(functools.partial(self.get_diffusion, deadline=watch.end_time))
             if poll.error is not None:
                 raise poll.error
             if poll.outcome == "success":
@@ -361,20 +382,28 @@ class GetImageAsyncHook(_HookMixin, HttpAsyncHook):
         session = await self._get_session()
         settings = await self.get_settings()
         try:
+            # The session's total timeout bounds the whole request, the answer included.
             async with session.request(
                 method, settings.base_url + path, json=body, allow_redirects=False
             ) as response:
-                raw = await response.read()  # bytes: json.loads needs no charset guess
+                raw = await read_body_async(response, settings)  # bytes: json.loads needs no charset guess
                 attempt = _rules.read_response(response.status, raw, response.headers.get("Retry-After"))
         except (TimeoutError, aiohttp.ClientError) as exc:
-            return aiohttp_failure(exc)
+            return aiohttp_failure(exc, settings.timeout)
+        except AnswerCut as cut:
+            return cut.attempt
         return attempt.data if attempt.data is not None else attempt
 
     async def _request(
-        self, method: str, path: str, body: dict[str, Any] | None = None, diffusion_id: str | None = None
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        diffusion_id: str | None = None,
+        deadline: float | None = None,
     ) -> dict[str, Any]:
         settings = await self.get_settings()
-        retries = api_retries(method, path, settings, self.retry_policy, self.log, diffusion_id)
+        retries = api_retries(method, path, settings, self.retry_policy, self.log, diffusion_id, deadline)
         return await call_with_retries_async(lambda: self._attempt(method, path, body), retries)
 
     async def submit_diffusion(
@@ -386,7 +415,12 @@ class GetImageAsyncHook(_HookMixin, HttpAsyncHook):
         record = await self._request("POST", _rules.DIFFUSIONS_PATH, body)
         return self._checked_submission(record, body["model"], self.log)
 
-    async def get_diffusion(self, diffusion_id: str) -> dict[str, Any]:
-        """The current record of a diffusion (``status``; ``images`` once FINISHED)."""
+    async def get_diffusion(self, diffusion_id: str, *, deadline: float | None = None) -> dict[str, Any]:
+        """
+        The current record of a diffusion (``status``; ``images`` once FINISHED).
+
+        :param deadline: epoch seconds after which no retry starts (a trigger's ``end_time``).
+        """
         diffusion_id = _rules.check_diffusion_id(diffusion_id)
-        return await self._request("GET", _rules.diffusion_path(diffusion_id), diffusion_id=diffusion_id)
+        path = _rules.diffusion_path(diffusion_id)
+        return await self._request("GET", path, diffusion_id=diffusion_id, deadline=deadline)

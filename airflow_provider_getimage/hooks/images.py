@@ -10,20 +10,26 @@ to repeat. What is done with the bytes (``storage.ImageStore``) is the caller's.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
 import requests
 
 from airflow_provider_getimage import __version__, _rules
 from airflow_provider_getimage.exceptions import GetImageError
-from airflow_provider_getimage.hooks.transport import Retries, call_with_retries, requests_failure
+from airflow_provider_getimage.hooks.transport import (
+    AnswerCut,
+    Retries,
+    body_chunks,
+    call_with_retries,
+    requests_failure,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from types import TracebackType
 
 __all__ = [
-    "CHUNK_SIZE",
     "DEFAULT_DOWNLOAD_ATTEMPTS",
     "DEFAULT_DOWNLOAD_TIMEOUT",
     "DEFAULT_MAX_IMAGE_BYTES",
@@ -33,11 +39,10 @@ __all__ = [
 
 T = TypeVar("T")
 
-CHUNK_SIZE = 64 * 1024
 DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
 """The largest image accepted (50 MiB): far above any generated image, low enough to stop a runaway."""
 DEFAULT_DOWNLOAD_TIMEOUT = 60.0
-"""Seconds to wait for the first byte of an answer and between two chunks (connecting: 10 s)."""
+"""Seconds one attempt at one image may take in all: connecting, the answer and the whole body."""
 DEFAULT_DOWNLOAD_ATTEMPTS = 4
 """Attempts per image in all: transient errors (network, 5xx, 429) are retried with backoff."""
 DEFAULT_RETRY_POLICY = _rules.RetryPolicy(backoff_base=1.0, backoff_max=10.0, retry_after_cap=30.0)
@@ -73,7 +78,7 @@ class ImageFetcher:
 
     :param log: the task's logger (a stdlib or structlog logger).
     :param max_image_bytes: a larger answer fails the download (the writer stops mid-stream).
-    :param request_timeout: seconds to wait for an answer and between two chunks.
+    :param request_timeout: seconds one attempt at one image may take in all, the whole body included.
     :param attempts: attempts per image, the first included.
     :param retry_policy: backoff bounds; ``max_attempts`` is taken from ``attempts``.
     """
@@ -89,6 +94,7 @@ class ImageFetcher:
     ) -> None:
         self.log = log
         self.max_image_bytes = max_image_bytes
+        self.request_timeout = request_timeout
         self.timeout = (_rules.CONNECT_TIMEOUT, request_timeout)
         base = retry_policy or DEFAULT_RETRY_POLICY
         self.policy = _rules.RetryPolicy(
@@ -136,6 +142,7 @@ class ImageFetcher:
         return call_with_retries(lambda: self._attempt(url, write), retries)
 
     def _attempt(self, url: str, write: Callable[[str, Iterator[bytes]], T]) -> T | _rules.Attempt:
+        deadline = time.monotonic() + self.request_timeout
         try:
             with self._session.get(url, stream=True, timeout=self.timeout) as response:
                 if not 200 <= response.status_code < 300:
@@ -157,14 +164,16 @@ class ImageFetcher:
                         f"({self.max_image_bytes}): nothing was saved.",
                         status_code=response.status_code,
                     )
-                return write(content_type, self._chunks(response, url))
+                return write(content_type, self._chunks(response, url, deadline))
         except requests.RequestException as exc:
             return requests_failure(exc)
+        except AnswerCut as cut:
+            return cut.attempt
 
-    def _chunks(self, response: requests.Response, url: str) -> Iterator[bytes]:
+    def _chunks(self, response: requests.Response, url: str, deadline: float) -> Iterator[bytes]:
         """The body in chunks, stopped with an error once it passes ``max_image_bytes``."""
         size = 0
-        for chunk in response.iter_content(CHUNK_SIZE):
+        for chunk in body_chunks(response, deadline=deadline, timeout=self.request_timeout):
             size += len(chunk)
             if size > self.max_image_bytes:
                 raise GetImageError(

@@ -39,6 +39,7 @@ class ApiSettings:
     default_model: str
     timeout: float
     verify: bool | str
+    max_response_bytes: int = _rules.DEFAULT_MAX_RESPONSE_BYTES
 
     def scrub(self, text: str) -> str:
         """``text`` with this connection's API key replaced by ``***`` (for messages from the service)."""
@@ -62,6 +63,7 @@ def settings_from_connection(
     try:
         url = _rules.base_url(host, port)
         timeout = _rules.parse_timeout(_rules.extra_value(extra, "request_timeout"))
+        max_bytes = _rules.parse_max_bytes(_rules.extra_value(extra, "max_response_bytes"))
     except ValueError as err:
         raise GetImageError(f"Connection {conn_id!r}: {err}") from None
     model = _rules.extra_value(extra, "default_model")
@@ -72,6 +74,7 @@ def settings_from_connection(
         default_model=str(model).strip() if model else _rules.DEFAULT_MODEL,
         timeout=timeout,
         verify=_rules.parse_verify(_rules.extra_value(extra, "verify")),
+        max_response_bytes=max_bytes,
     )
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 import requests
+import urllib3.exceptions
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError
 
 from airflow_provider_getimage import _rules
@@ -30,11 +31,12 @@ from airflow_provider_getimage.exceptions import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Iterator
 
     from airflow_provider_getimage.hooks.settings import ApiSettings
 
 __all__ = [
+    "AnswerCut",
     "Retries",
     "aiohttp_failure",
     "api_error",
@@ -42,10 +44,14 @@ __all__ = [
     "call_with_retries",
     "call_with_retries_async",
     "describe",
+    "read_body",
+    "read_body_async",
     "requests_failure",
+    "urllib3_failure",
 ]
 
 T = TypeVar("T")
+CHUNK_SIZE = 64 * 1024
 JITTER = random.Random()
 """The jitter of every retry wait: one generator for the process (seeding one per hook costs ~10 us)."""
 
@@ -89,9 +95,25 @@ def _requests_kind(exc: requests.RequestException) -> Failure:
     return "connection_lost"
 
 
-def aiohttp_failure(exc: BaseException) -> Attempt:
-    """Map an aiohttp error to a failed ``Attempt``, the async twin of :func:`requests_failure`."""
-    return Attempt(failure=_aiohttp_kind(exc), message=describe(exc))
+def urllib3_failure(exc: urllib3.exceptions.HTTPError) -> Attempt:
+    """Map an error raised while a streamed body is read (requests does not wrap those)."""
+    if isinstance(exc, urllib3.exceptions.ReadTimeoutError):
+        return Attempt(failure="read_timeout", message=describe(exc))
+    if isinstance(exc, urllib3.exceptions.DecodeError):
+        return Attempt(failure="bad_body", message=describe(exc))
+    return Attempt(failure="connection_lost", message=describe(exc))
+
+
+def aiohttp_failure(exc: BaseException, timeout: float) -> Attempt:
+    """
+    Map an aiohttp error to a failed ``Attempt``, the async twin of :func:`requests_failure`.
+
+    :param timeout: the session's whole-request timeout, named when it is what ran out.
+    """
+    kind = _aiohttp_kind(exc)
+    if kind == "read_timeout" and not str(exc):  # the total timeout: aiohttp says nothing more
+        return Attempt(failure=kind, message=f"no complete answer within {timeout:g} s")
+    return Attempt(failure=kind, message=describe(exc))
 
 
 def _aiohttp_kind(exc: BaseException) -> Failure:
@@ -134,6 +156,94 @@ def api_error(
     )
 
 
+# ------------------------------------------------------------------------------- bounded bodies
+class AnswerCut(Exception):
+    """A streamed answer abandoned mid-way (too slow, too large, broken); holds the failed attempt."""
+
+    def __init__(self, attempt: Attempt) -> None:
+        super().__init__(attempt.message)
+        self.attempt = attempt
+
+
+def body_chunks(
+    response: requests.Response, *, deadline: float, timeout: float, chunk_size: int = CHUNK_SIZE
+) -> Iterator[bytes]:
+    """
+    The body of a streamed ``requests`` answer, chunk by chunk as it arrives, until ``deadline``.
+
+    A socket timeout bounds each read, not the answer: a server that trickles a byte a second is
+    never timed out by it. Each read here returns what one receive brings (``read1``), and the
+    answer is abandoned once the deadline (``time.monotonic()``) has passed, so the whole answer
+    takes at most its deadline plus one read timeout.
+
+    :param timeout: the whole-request timeout the deadline came from, for the message.
+    :raises AnswerCut: past the deadline, or when the connection broke mid-answer.
+    """
+    while True:
+        try:
+            chunk = response.raw.read1(chunk_size, decode_content=True)
+        except urllib3.exceptions.HTTPError as exc:
+            raise AnswerCut(urllib3_failure(exc)) from None
+        if not chunk:
+            return
+        if time.monotonic() > deadline:
+            raise AnswerCut(
+                Attempt(failure="read_timeout", message=f"no complete answer within {timeout:g} s")
+            )
+        yield chunk
+
+
+def body_limit(status_code: int, settings: ApiSettings) -> tuple[int, bool]:
+    """
+    How much of an API answer to read, and whether more is a failure: a success is read whole up to
+    ``max_response_bytes`` (more fails the attempt); of an error only its start is read, to be summarised.
+    """
+    if 200 <= status_code < 300:
+        return settings.max_response_bytes, True
+    return _rules.ERROR_BODY_LIMIT, False
+
+
+def read_body(
+    response: requests.Response, settings: ApiSettings, *, deadline: float, timeout: float
+) -> bytes:
+    """
+    A streamed API answer's body, bounded in size (:func:`body_limit`) and done by ``deadline``.
+
+    :raises AnswerCut: a success larger than ``max_response_bytes``, too slow, or broken off.
+    """
+    limit, strict = body_limit(response.status_code, settings)
+    declared = response.headers.get("Content-Length", "")
+    if strict and declared.isdigit() and int(declared) > limit:
+        raise AnswerCut(_rules.too_large(limit, "max_response_bytes", response.status_code))
+    body = bytearray()
+    for chunk in body_chunks(response, deadline=deadline, timeout=timeout):
+        body += chunk
+        if len(body) > limit:
+            if strict:
+                raise AnswerCut(_rules.too_large(limit, "max_response_bytes", response.status_code))
+            break
+    return bytes(body[:limit])
+
+
+async def read_body_async(response: aiohttp.ClientResponse, settings: ApiSettings) -> bytes:
+    """
+    The async twin of :func:`read_body`; its deadline is the session's total timeout.
+
+    :raises AnswerCut: a success larger than ``max_response_bytes``.
+    """
+    limit, strict = body_limit(response.status, settings)
+    if strict and response.content_length is not None and response.content_length > limit:
+        raise AnswerCut(_rules.too_large(limit, "max_response_bytes", response.status))
+    body = bytearray()
+    while chunk := await response.content.read(CHUNK_SIZE):
+        body += chunk
+        if len(body) > limit:
+            if strict:
+                raise AnswerCut(_rules.too_large(limit, "max_response_bytes", response.status))
+            break
+    return bytes(body[:limit])
+
+
 # ------------------------------------------------------------------------------------ retry loop
 @dataclass
 class Retries:
@@ -145,6 +255,7 @@ class Retries:
     :param policy: attempts and backoff bounds.
     :param log: the caller's logger; each retry is logged once at INFO, with its wait.
     :param give_up: builds the error for the last failed attempt, given the number of attempts.
+    :param deadline: epoch seconds after which no new attempt starts (a wait's own deadline).
     """
 
     method: str
@@ -152,6 +263,7 @@ class Retries:
     policy: RetryPolicy
     log: Any
     give_up: Callable[[Attempt, int], BaseException]
+    deadline: float | None = None
     rng: random.Random = JITTER
     attempts: int = 0
 
@@ -159,7 +271,7 @@ class Retries:
         """Seconds to wait before trying again after a failed ``attempt``; raises once it is final."""
         self.attempts += 1
         wait = _rules.retry_decision(self.method, self.attempts, attempt, self.policy, self.rng.random())
-        if wait is None:
+        if wait is None or (self.deadline is not None and time.time() + wait >= self.deadline):
             raise self.give_up(attempt, self.attempts)
         self.log.info(
             "%s: %s; retry %d of %d in %.1f s",
@@ -179,13 +291,14 @@ def api_retries(
     policy: RetryPolicy,
     log: Any,
     diffusion_id: str | None = None,
+    deadline: float | None = None,
 ) -> Retries:
     """The retry state of one API call; its last error names the diffusion, when there is one."""
 
     def give_up(attempt: Attempt, attempts: int) -> GetImageError:
         return api_error(method, path, attempt, attempts, settings, diffusion_id)
 
-    return Retries(method, f"GetImage.io {method} {path}", policy, log, give_up)
+    return Retries(method, f"GetImage.io {method} {path}", policy, log, give_up, deadline)
 
 
 def call_with_retries(send: Callable[[], T | Attempt], retries: Retries) -> T:

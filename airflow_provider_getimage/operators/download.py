@@ -57,7 +57,7 @@ class GetImageDownloadOperator(BaseOperator):
     :param destination_conn_id: the Airflow connection of the storage (templated), e.g.
         ``aws_default`` for ``s3://``; ``None`` uses the storage's default credentials.
     :param max_image_bytes: the largest image accepted, in bytes (default 50 MiB).
-    :param request_timeout: seconds to wait for an answer, and between two chunks of it.
+    :param request_timeout: seconds one attempt at one image may take in all, its whole body included.
     :param download_attempts: attempts per image, the first included (default 4).
     """
 

@@ -9,6 +9,7 @@ keeps the one deadline (``end_time``) itself, and yields exactly one event.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import sys
 import weakref
@@ -102,7 +103,7 @@ class GetImageDiffusionTrigger(BaseTrigger):
         async with hook_class(getimage_conn_id=self.getimage_conn_id) as hook:
             while True:
                 await asyncio.sleep(watch.until_deadline(delay))
-                poll = await watch.check_async(hook.get_diffusion)
+                poll = await watch.check_async(functools.partial(hook.get_diffusion, deadline=self.end_time))
                 if poll.outcome != "running":
                     return self._outcome_event(poll)
                 if watch.expired():

@@ -107,7 +107,8 @@ def test_hook_meta_describes_the_getimage_form(airflow_ui: AirflowDeployment) ->
 
     extras = entry["extra_fields"]
     declared = getimage_form_info()["conn-fields"]
-    assert set(extras) == {"default_model", "request_timeout", "verify"} == set(declared)
+    expected = {"default_model", "request_timeout", "verify", "max_response_bytes"}
+    assert set(extras) == expected == set(declared)
     for name, field in extras.items():
         assert field["schema"]["title"] == declared[name]["label"]
         assert field["schema"]["type"] == declared[name]["schema"]["type"]
