@@ -232,8 +232,11 @@ async def read_body_async(response: aiohttp.ClientResponse, settings: ApiSetting
     :raises AnswerCut: a success larger than ``max_response_bytes``.
     """
     limit, strict = body_limit(response.status, settings)
-    if strict and response.content_length is not None and response.content_length > limit:
+    declared = response.content_length
+    if strict and declared is not None and declared > limit:
         raise AnswerCut(_rules.too_large(limit, "max_response_bytes", response.status))
+    if declared is not None and declared <= limit:
+        return await response.read()  # aiohttp reads no more than Content-Length: one call per poll
     body = bytearray()
     while chunk := await response.content.read(CHUNK_SIZE):
         body += chunk
