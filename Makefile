@@ -83,7 +83,7 @@ bench: $(STAMP)
 	$(MAKE) bench-deployment
 
 bench-deployment: $(STAMP)
-	$(BIN)/python benchmarks/deployment_check.py --n 200 --json bench-deployment.json
+	$(BIN)/python -m benchmarks.deployment_check --n 200 --json bench-deployment.json
 
 # Re-resolve the dependencies and rewrite constraints.txt (then commit it).
 lock:
