@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="spread of generation times, +/- s (default: interval / 2)",
     )
-    start.add_argument("--start-repeats", type=int, default=3, help="runs per (length, mode), alternating")
+    start.add_argument("--start-repeats", type=int, default=5, help="runs per (length, mode), alternating")
     parser.add_argument(
         "--max-seconds",
         type=float,
@@ -120,10 +120,14 @@ def polling_specs(args: argparse.Namespace) -> Iterator[RunSpec]:
 
 
 def start_specs(args: argparse.Namespace) -> Iterator[RunSpec]:
-    """For each repeat, each generation length, provider then floor."""
+    """
+    For each repeat, each generation length, both modes: provider first in odd repeats, the floor
+    first in even ones, so a machine that slowly speeds up or slows down favours neither.
+    """
     for repeat in range(1, args.start_repeats + 1):
+        order = start_cost.START_MODES if repeat % 2 else start_cost.START_MODES[::-1]
         for polls in args.start_polls:
-            for mode in start_cost.START_MODES:
+            for mode in order:
                 yield RunSpec(
                     mode,
                     args.start_n,

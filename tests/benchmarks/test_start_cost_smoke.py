@@ -69,4 +69,4 @@ def test_fit_and_targets_are_reported(start_run):
     assert verdicts[2] == "PASS"  # the runs measured what they should
     assert "### Start cost and steady poll: a fresh triggerer" in stdout
     assert "| fit: CPU per trigger = fixed + per poll x polls | fixed ms | ms / poll |" in stdout
-    assert "| target | value | limit | verdict | each repeat's fit |" in stdout
+    assert "| target | value | limit | verdict | each repeat's own fit |" in stdout
