@@ -1,9 +1,9 @@
 """
 Deployment check: N mapped deferrable generations on real Airflow processes, all the way through.
 
-``trigger_polling.py`` measures the trigger alone, on one event loop. This check runs the whole
+``benchmarks.trigger_polling`` measures the trigger alone, on one event loop. This check runs the whole
 path a user's deployment takes: a real ``api-server``, ``scheduler`` (LocalExecutor),
-``dag-processor`` and ``triggerer`` (``tests/e2e/deployment.py``), on PostgreSQL when a server
+``dag-processor`` and ``triggerer`` (the ``harness`` package), on PostgreSQL when a server
 answers on 127.0.0.1:5432 (sqlite otherwise, with a note), run ``benchmarks/dags/bench_mapped.py``:
 N ``GetImageDiffusionOperator`` tasks mapped at once, ``deferrable=True``, against the emulator
 (in this process, over TLS) with generations long enough for most of them to wait in the
@@ -20,7 +20,7 @@ triggerer at the same time. It records:
 It prints a table, writes every number with ``--json`` and exits 1 unless every task succeeded,
 no submission was duplicated and no diffusion was polled more than its bound. Usage::
 
-    python benchmarks/deployment_check.py --n 200 --json deployment-check.json
+    python -m benchmarks.deployment_check --n 200 --json deployment-check.json
 
 See ``benchmarks/README.md`` for what each number means and the figures measured here.
 """
@@ -44,16 +44,8 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-REPO = Path(__file__).resolve().parents[1]
-# Run as a script or loaded by path: tests/e2e/deployment.py and the trigger benchmark's report
-# helpers are imported, not copied.
-for _folder in (REPO, REPO / "benchmarks"):
-    if str(_folder) not in sys.path:
-        sys.path.insert(0, str(_folder))
-
-from trigger_polling import fmt_cell, json_safe, machine_info  # noqa: E402
-
-from tests.e2e.deployment import (  # noqa: E402
+from benchmarks.report import fmt_cell, json_safe, machine_info
+from harness import (
     DB_ERRORS,
     TERMINAL_RUN_STATES,
     AirflowDeployment,
@@ -61,6 +53,7 @@ from tests.e2e.deployment import (  # noqa: E402
     DeploymentError,
     postgres_database,
 )
+from harness.database import POSTGRES_SERVER
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -69,10 +62,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("benchmarks.deployment_check")
 
-DAGS = REPO / "benchmarks" / "dags"
+DAGS = Path(__file__).resolve().parent / "dags"
 DAG_ID = "bench_deferred_mapped"
 TASK_ID = "generate"
-POSTGRES_SERVER = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 DATABASES = ("auto", "postgresql", "sqlite")
 MB = 1024 * 1024
 

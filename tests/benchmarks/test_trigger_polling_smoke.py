@@ -1,5 +1,5 @@
 """
-Smoke test of ``benchmarks/trigger_polling.py``: a tiny run of every mode, end to end.
+Smoke test of ``benchmarks.trigger_polling``: a tiny run of every mode of its polling phase, end to end.
 
 It proves the benchmark still runs against the current provider (real emulator process, TLS,
 one client process per mode) and that its report keeps its shape, so ``make bench`` does not rot
@@ -9,17 +9,10 @@ own targets table is for people to read.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-from cryptography.fernet import Fernet
 
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "benchmarks" / "trigger_polling.py"
+from tests.benchmarks.bench_cli import run_trigger_polling
+
 N = 20
 MODES = ("provider", "baseline", "floor")
 
@@ -31,39 +24,11 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
 
     About 15 s on 2 cores; the timeout only catches a hang (no timing assertion: CI is noisy).
     """
-    out = tmp_path_factory.mktemp("bench") / "result.json"
-    env = {key: value for key, value in os.environ.items() if not key.startswith("AIRFLOW_CONN_")}
-    # A deployment has a Fernet key; without one Airflow 3.0 and 3.1 warn when they read a connection,
-    # and the benchmark counts every warning as an error.
-    env.setdefault("AIRFLOW__CORE__FERNET_KEY", Fernet.generate_key().decode())
-    completed = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT),
-            "--n",
-            str(N),
-            "--repeats",
-            "1",
-            "--interval",
-            "0.5",
-            "--latency",
-            "1.5",
-            "--latency-jitter",
-            "0.5",
-            "--max-seconds",
-            "15",
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        cwd=REPO,
-        check=False,
+    return run_trigger_polling(
+        tmp_path_factory.mktemp("bench"),
+        *("--phases", "polling", "--n", str(N), "--repeats", "1", "--interval", "0.5"),
+        *("--latency", "1.5", "--latency-jitter", "0.5", "--max-seconds", "15"),
     )
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    return json.loads(out.read_text()), completed.stdout
 
 
 def test_every_generation_detected_without_errors(smoke_run):

@@ -3,7 +3,7 @@ Fixtures for the end-to-end tests: one emulator and one real Airflow deployment 
 
 Starting Airflow costs about 15 s on 2 cores, so a module starts it once and triggers its runs
 together; a test that needs a deployment of its own (say, with fewer components) builds one with
-:class:`~tests.e2e.deployment.AirflowDeployment` directly. When a test fails, the tail of each
+:class:`~harness.AirflowDeployment` directly. When a test fails, the tail of each
 component's log is printed, since the reason is usually there and the home is deleted afterwards.
 """
 
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.e2e.deployment import AirflowDeployment, keyed_emulator
+from harness import AirflowDeployment, keyed_emulator
 from tests.reports import print_log_tails_if_failed
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from tests.e2e.deployment import AirflowDeployment
+from harness import AirflowDeployment
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -18,7 +18,7 @@ import pytest
 
 if TYPE_CHECKING:
     from airflow_provider_getimage.emulator import Emulator
-    from tests.e2e.deployment import AirflowDeployment
+    from harness import AirflowDeployment
 
 pytestmark = pytest.mark.e2e
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.e2e.deployment import (
+from harness import (
     COMPONENTS,
     AirflowDeployment,
     DatabaseUnavailable,

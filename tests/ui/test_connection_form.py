@@ -27,7 +27,7 @@ import pytest
 from airflow import __version__ as airflow_version
 
 from airflow_provider_getimage.get_provider_info import get_provider_info
-from tests.e2e.deployment import AirflowDeployment
+from harness import AirflowDeployment
 from tests.reports import print_log_tails_if_failed
 
 if TYPE_CHECKING:

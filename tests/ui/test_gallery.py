@@ -26,7 +26,7 @@ import requests
 
 from airflow_provider_getimage.plugins.gallery import TAB_NAME
 from airflow_provider_getimage.plugins.gallery_page import SECURITY_HEADERS
-from tests.e2e.deployment import keyed_emulator
+from harness import keyed_emulator
 from tests.e2e.gallery import (
     DAG_ID,
     LATENCY,
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from playwright.sync_api import Dialog, Frame, Page
 
     from airflow_provider_getimage.emulator import Emulator
-    from tests.e2e.deployment import AirflowDeployment
+    from harness import AirflowDeployment
 
 pytestmark = pytest.mark.e2e
 
