@@ -24,6 +24,7 @@ from urllib.parse import quote, urlsplit
 from airflow_provider_getimage import _rules
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from re import Match
 
 __all__ = [
@@ -56,6 +57,12 @@ FIELD_LIMIT = 250
 """Longest short field shown (id, model, status, times, task state): Airflow's own id length."""
 ALT_ID_LIMIT = 64
 """How much of the diffusion id each thumbnail's ``alt`` repeats: shown in full once, not per image."""
+MAX_THUMBNAILS = 100
+"""Most images one page shows; the rest are counted ("and 412 more images")."""
+URL_LIMIT = 4_096
+"""Longest image URL a page loads; a longer one is listed as text, cut (signed URLs stay well under)."""
+THUMBNAILS_BUDGET = 96 * 1024
+"""Most bytes the thumbnails take: each URL is written three times, so long URLs count against it."""
 
 _STYLE = """
 :root { color-scheme: light dark; --fg: #1d1d1f; --muted: #5f6368; --line: #d9d9de; --card: #f6f5fb;
@@ -329,7 +336,7 @@ def render_gallery(view: GalleryView) -> str:
     """
     record = view.record
     status_markup, outcome = _status(record.get("status"))
-    urls = _rules.image_urls(record)
+    images = read_images(record)
 
     rows: list[tuple[str, str]] = [
         ("Diffusion id", f"<code>{_field(view.diffusion_id)}</code>"),
@@ -361,14 +368,7 @@ def render_gallery(view: GalleryView) -> str:
         parts.append(
             f'<p class="note">Not finished yet: this page reloads itself every {REFRESH_SECONDS} seconds.</p>'
         )
-    if urls:
-        alt_id = _alt_id(view.diffusion_id)
-        parts.append(f"<h2>Images ({len(urls)})</h2>")
-        parts.append(
-            '<div class="grid">' + "".join(_figure(alt_id, i, url) for i, url in enumerate(urls)) + "</div>"
-        )
-    elif outcome == "success":
-        parts.append('<p class="note">The finished record lists no image.</p>')
+    parts.extend(_images_section(images, _alt_id(view.diffusion_id), finished=outcome == "success"))
     title = f"GetImage.io images · {_text(str(view.task.task_id), FIELD_LIMIT)}"
     return _page(title, "\n".join(parts), refresh=outcome == "running")
 
@@ -399,11 +399,105 @@ def _alt_id(diffusion_id: object) -> str:
     return f" of diffusion {short}{'…' if len(diffusion_id) > ALT_ID_LIMIT else ''}"
 
 
+@dataclass(frozen=True)
+class ImageList:
+    """
+    The ``images`` of a record as a page reads them, whatever they hold.
+
+    :param urls: the first ``MAX_THUMBNAILS`` URLs, in order (any scheme: the page checks each).
+    :param total: how many entries hold a URL.
+    :param without_url: how many entries hold none (a number, an object with no URL key...).
+    :param wrong_type: what ``images`` is when it is neither a list nor one entry (``"a number"``).
+    """
+
+    urls: tuple[str, ...] = ()
+    total: int = 0
+    without_url: int = 0
+    wrong_type: str | None = None
+
+
+def read_images(record: Mapping[str, Any]) -> ImageList:
+    """
+    Read ``images`` as SPEC 1 normalises it (``_rules.image_urls``, one entry at a time), never raising.
+
+    ``images: 5`` raised a ``TypeError`` in the shared rule; here it is a note. One entry at a time
+    also keeps only the URLs a page may show, however long the list.
+    """
+    images = record.get("images")
+    if images is None:
+        return ImageList()
+    if isinstance(images, str | Mapping):
+        images = [images]
+    elif not isinstance(images, list | tuple):
+        return ImageList(wrong_type=_kind(images))
+    urls: list[str] = []
+    without_url = 0
+    for entry in images:
+        found = _rules.image_urls({"images": [entry]})
+        if not found:
+            without_url += 1
+        elif len(urls) < MAX_THUMBNAILS:
+            urls.extend(found)
+    return ImageList(tuple(urls), len(images) - without_url, without_url)
+
+
+def _images_section(images: ImageList, alt_id: str, *, finished: bool) -> list[str]:
+    """The thumbnails, then counts of what is not shown and notes on what is wrong."""
+    parts: list[str] = []
+    figures = _thumbnails(images.urls, alt_id)
+    if images.total:
+        parts.append(f"<h2>Images ({images.total})</h2>")
+        parts.append('<div class="grid">' + "".join(figures) + "</div>")
+    if images.total > len(figures):
+        rest = images.total - len(figures)
+        parts.append(
+            f'<p class="note">… and {_count(rest, "more image")}, not shown here '
+            f"(this page shows the first {len(figures)}).</p>"
+        )
+    if images.without_url:
+        holds = "holds" if images.without_url == 1 else "hold"
+        parts.append(
+            f'<p class="note">{_count(images.without_url, "entry", "entries")} of the record\'s '
+            f"<code>images</code> {holds} no URL (not shown).</p>"
+        )
+    if images.wrong_type:
+        parts.append(
+            f'<p class="note">The record\'s <code>images</code> is {_e(images.wrong_type)}, not a list: '
+            "no image can be shown.</p>"
+        )
+    elif finished and not images.total:
+        parts.append('<p class="note">The finished record lists no image.</p>')
+    return parts
+
+
+def _thumbnails(urls: Iterable[str], alt_id: str) -> list[str]:
+    """One figure per URL while they fit in ``THUMBNAILS_BUDGET`` bytes (a URL is written three times)."""
+    figures: list[str] = []
+    size = 0
+    for index, url in enumerate(urls):
+        figure = _figure(alt_id, index, url)
+        size += len(figure.encode())
+        if size > THUMBNAILS_BUDGET:
+            break
+        figures.append(figure)
+    return figures
+
+
+def _count(number: int, singular: str, plural: str | None = None) -> str:
+    """``1 more image``, ``412 more images``."""
+    return f"{number} {singular if number == 1 else plural or singular + 's'}"
+
+
 def _figure(alt_id: str, index: int, url: str) -> str:
     caption = f"Image {index + 1}"
     safe = safe_image_url(url)
     if safe is None:  # shown as text, never loaded or linked
         text = f"{_e(caption)}: not an http(s) URL: <code>{_field(url)}</code>"
+        return f"<figure><figcaption>{text}</figcaption></figure>"
+    if len(safe) > URL_LIMIT:
+        text = (
+            f"{_e(caption)}: a URL of {len(safe)} characters, too long to load: <code>{_field(safe)}</code>"
+        )
         return f"<figure><figcaption>{text}</figcaption></figure>"
     return (
         f'<figure><a href="{_e(safe)}" target="_blank" rel="noopener noreferrer">'

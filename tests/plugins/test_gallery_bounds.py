@@ -14,13 +14,15 @@ import pytest
 
 from airflow_provider_getimage.plugins.gallery_page import (
     FIELD_LIMIT,
+    MAX_THUMBNAILS,
     MESSAGE_LIMIT,
     TEXT_LIMIT,
+    URL_LIMIT,
     render_gallery,
     render_message,
 )
 from tests.plugins.page_parser import Page
-from tests.plugins.test_gallery_page import ALLOWED_TAGS, finished_record, task, view
+from tests.plugins.test_gallery_page import ALLOWED_TAGS, URLS, finished_record, task, view
 
 HUGE = 1_000_000
 """Characters in a huge field: far over every limit, cheap to build."""
@@ -125,3 +127,62 @@ def test_a_field_of_the_wrong_type_is_a_note(value: object, kind: str) -> None:
     assert "FINISHED" not in page.visible
     assert "Not finished yet" not in page.visible  # a status that is not text is no running diffusion
     assert all(meta.get("http-equiv") != "refresh" for meta in page.all("meta"))
+
+
+# ------------------------------------------------------------------------------------- images
+@pytest.mark.parametrize(("images", "kind"), [(5, "a number"), (True, "a boolean"), (2.5, "a number")])
+def test_images_of_the_wrong_type_are_a_note_not_a_type_error(images: object, kind: str) -> None:
+    page = assert_safe(render_gallery(view(record=finished_record(images=images))))
+    assert f"The record's images is {kind}, not a list: no image can be shown." in page.visible
+    assert page.all("img") == []
+    assert "FINISHED" in page.visible
+
+
+def test_ten_thousand_images_show_the_first_hundred_and_count_the_rest() -> None:
+    urls = [f"https://cdn.example.com/img/{i}.png" for i in range(10_000)]
+    page = assert_safe(render_gallery(view(record=finished_record(images=urls))))
+    assert [img["src"] for img in page.all("img")] == urls[:MAX_THUMBNAILS]
+    assert "Images (10000)" in page.visible
+    assert "… and 9900 more images, not shown here (this page shows the first 100)." in page.visible
+
+
+def test_one_image_over_the_cap_is_counted_in_the_singular() -> None:
+    urls = [f"https://cdn.example.com/img/{i}.png" for i in range(MAX_THUMBNAILS + 1)]
+    page = Page(render_gallery(view(record=finished_record(images=urls))))
+    assert "… and 1 more image, not shown here" in page.visible
+
+
+def test_entries_that_hold_no_url_are_counted() -> None:
+    url = URLS[0]
+    images = [url, 5, None, "", " ", {"nothing": url}, {"url": 7}, [url], {"src": URLS[1]}, True]
+    page = assert_safe(render_gallery(view(record=finished_record(images=images))))
+    assert [img["src"] for img in page.all("img")] == [url, URLS[1]]
+    assert "Images (2)" in page.visible
+    assert "8 entries of the record's images hold no URL (not shown)." in page.visible
+    one = Page(render_gallery(view(record=finished_record(images=[url, 5]))))
+    assert "1 entry of the record's images holds no URL (not shown)." in one.visible
+
+
+def test_long_urls_cannot_multiply_past_the_thumbnail_budget() -> None:
+    """Each URL stands three times in its figure, each ``"`` as 6 bytes: the budget stops them."""
+    long_url = "https://cdn.example.com/" + '"' * (URL_LIMIT - 24)
+    page = assert_safe(render_gallery(view(record=finished_record(images=[long_url] * 50))))
+    assert 0 < len(page.all("img")) < 50
+    rest = 50 - len(page.all("img"))
+    assert f"… and {rest} more images, not shown here" in page.visible
+
+
+def test_a_url_over_the_limit_is_listed_as_text_not_loaded() -> None:
+    too_long = "https://cdn.example.com/" + "a" * URL_LIMIT
+    page = assert_safe(render_gallery(view(record=finished_record(images=[too_long, URLS[0]]))))
+    assert [img["src"] for img in page.all("img")] == [URLS[0]]
+    assert f"Image 1: a URL of {len(too_long)} characters, too long to load: " in page.visible
+    assert {a["href"] for a in page.all("a")} == {URLS[0]}
+
+
+def test_non_http_urls_are_listed_as_text_cut() -> None:
+    images = ["javascript:" + "x" * HUGE, "data:image/png;base64," + "A" * HUGE]
+    page = assert_safe(render_gallery(view(record=finished_record(images=images))))
+    assert page.all("img") == []
+    assert page.visible.count("not an http(s) URL") == 2
+    assert page.visible.count(f"… ({HUGE + 11 - FIELD_LIMIT} more characters not shown)") == 1
