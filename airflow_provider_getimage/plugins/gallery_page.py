@@ -63,6 +63,15 @@ URL_LIMIT = 4_096
 """Longest image URL a page loads; a longer one is listed as text, cut (signed URLs stay well under)."""
 THUMBNAILS_BUDGET = 96 * 1024
 """Most bytes the thumbnails take: each URL is written three times, so long URLs count against it."""
+PAGE_LIMIT = 256 * 1024
+"""
+The most a gallery page weighs, in UTF-8 bytes, whatever the record holds.
+
+By construction: a shown character takes 6 bytes at the most once escaped, so the prompt
+(``TEXT_LIMIT``) and the reason (``MESSAGE_LIMIT``) take 72 kB, a dozen short fields
+(``FIELD_LIMIT``) 18 kB, the thumbnails ``THUMBNAILS_BUDGET`` and the rest (style, notes) 4 kB:
+about 190 kB. ``tests/plugins/test_gallery_bounds.py`` renders hostile records against it.
+"""
 
 _STYLE = """
 :root { color-scheme: light dark; --fg: #1d1d1f; --muted: #5f6368; --line: #d9d9de; --card: #f6f5fb;
@@ -334,7 +343,7 @@ def render_gallery(view: GalleryView) -> str:
     ``REFRESH_SECONDS``; a failed one shows the service's reason. Every field is cut to its limit
     and a field of the wrong type is a note: the record comes from a remote service.
     """
-    record = view.record
+    record = view.record if isinstance(view.record, Mapping) else {}
     status_markup, outcome = _status(record.get("status"))
     images = read_images(record)
 
@@ -357,6 +366,9 @@ def render_gallery(view: GalleryView) -> str:
         "<h1>GetImage.io images</h1>",
         _where(view.task),
         _rows(rows),
+        ""
+        if record is view.record
+        else f'<p class="note">The record is {_e(_kind(view.record))}, not an object: it is not shown.</p>',
         "<h2>Prompt</h2>",
         f'<p class="prompt">{_field(view.prompt, TEXT_LIMIT)}</p>'
         if view.prompt

@@ -10,19 +10,25 @@ rest, and says so when a field has the wrong type; it never raises and never out
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from airflow_provider_getimage.plugins.gallery_page import (
     FIELD_LIMIT,
     MAX_THUMBNAILS,
     MESSAGE_LIMIT,
+    PAGE_LIMIT,
     TEXT_LIMIT,
     URL_LIMIT,
+    GalleryView,
+    TaskInfo,
     render_gallery,
     render_message,
+    safe_image_url,
 )
 from tests.plugins.page_parser import Page
-from tests.plugins.test_gallery_page import ALLOWED_TAGS, URLS, finished_record, task, view
+from tests.plugins.test_gallery_page import ALLOWED_TAGS, URLS, XSS, finished_record, task, view
 
 HUGE = 1_000_000
 """Characters in a huge field: far over every limit, cheap to build."""
@@ -186,3 +192,136 @@ def test_non_http_urls_are_listed_as_text_cut() -> None:
     assert page.all("img") == []
     assert page.visible.count("not an http(s) URL") == 2
     assert page.visible.count(f"… ({HUGE + 11 - FIELD_LIMIT} more characters not shown)") == 1
+
+
+# --------------------------------------------------------------------------------- the bound
+WORST = '"' * HUGE
+"""The costliest text: each ``"`` shown takes 6 bytes (``&quot;``)."""
+WORST_URL = "https://cdn.example.com/" + '"' * (URL_LIMIT - 24)
+"""The costliest URL a page still loads: at the length limit, all ``"``, written three times."""
+
+
+def nested(depth: int) -> object:
+    """Lists and objects ``depth`` deep, each level twice the last: a page that walks it never ends."""
+    value: object = "x"
+    for _ in range(depth):
+        value = [value, {"k": value}]
+    return value
+
+
+NESTED = nested(200)
+
+
+def hostile_views() -> dict[str, GalleryView]:
+    """A view with every field at its worst, for each way a record can be hostile."""
+    worst_task = task(dag_id=WORST, run_id=WORST, task_id=WORST, state=WORST)
+    texts = {"prompt": WORST, "model": WORST, "diffusion_id": WORST, "record_from": WORST}
+    times = {"createdAt": WORST, "finishedAt": WORST}
+    reasons = {"error": {"message": WORST}, "message": WORST, "detail": WORST}
+    records: dict[str, dict[str, object]] = {
+        "huge strings everywhere": {"id": WORST, "status": WORST, **times, **reasons, "images": [WORST]},
+        "failed, huge reason": {"status": "FAILED", **times, **reasons, "images": [WORST_URL] * 10_000},
+        "10,000 costliest urls": {"status": "FINISHED", **times, "images": [WORST_URL] * 10_000},
+        "10,000 url objects": {"status": "FINISHED", "images": [{"url": WORST_URL, "meta": NESTED}] * 10_000},
+        "10,000 non-http urls": {"status": "FINISHED", "images": ["javascript:" + WORST[:10_000]] * 10_000},
+        "10,000 entries with no url": {"status": "FINISHED", "images": [NESTED, 5, None, {"src": 5}] * 2_500},
+        "deeply nested": {"status": NESTED, "parameters": NESTED, "images": NESTED, "error": NESTED},
+        "wrong types everywhere": {
+            "id": 5, "status": ["FINISHED"], "createdAt": {"t": 0}, "finishedAt": 1.5, "images": 5,
+            "message": [WORST], "error": 7, "detail": True,
+        },
+        "control characters": {
+            "status": "FAILED",
+            **{key: "\u202e\x00\ud800" * HUGE for key in ("createdAt", "finishedAt", "message")},
+            "images": ["https://cdn.example.com/\x00" + "\u202e" * HUGE] * 10_000,
+        },
+        "markup and script": {
+            "status": "FAILED", **{key: XSS * 20_000 for key in ("createdAt", "finishedAt", "message")},
+            "images": [f"https://cdn.example.com/x.png?{XSS}", f"javascript:{XSS}"] * 5_000,
+        },
+    }  # fmt: skip
+    views = {name: view(task=worst_task, record=record, **texts) for name, record in records.items()}
+    views["not even an object"] = view(task=worst_task, record=[WORST] * 10, **texts)
+    return views
+
+
+def test_a_record_that_is_not_an_object_is_a_note() -> None:
+    page = assert_safe(render_gallery(view(record=[URLS[0]])))
+    assert "The record is a list, not an object: it is not shown." in page.visible
+    assert page.all("img") == []
+
+
+@pytest.mark.parametrize(("name", "hostile"), list(hostile_views().items()))
+def test_a_hostile_record_makes_a_page_under_the_bound(name: str, hostile: GalleryView) -> None:
+    html = render_gallery(hostile)
+    size = len(html.encode("utf-8"))
+    assert size <= PAGE_LIMIT, f"{name}: {size} bytes"
+    page = assert_safe(html)
+    assert "script" not in {tag for tag, _ in page.tags}
+    assert all(safe_image_url(img["src"]) == img["src"] for img in page.all("img"))
+    assert len(page.all("img")) <= MAX_THUMBNAILS
+    assert "GetImage.io images" in page.visible
+
+
+def test_a_small_record_no_longer_makes_a_huge_page() -> None:
+    """179 kB of record made a 167 MB page: each of 5,500 thumbnails repeated the 30,000-character id."""
+    record = finished_record(id=LONG_ID * 3, images=["https://a.example/x.png"] * 5_500)
+    assert len(json.dumps(record)) < 180_000
+    html = render_gallery(view(diffusion_id=LONG_ID * 3, record=record))
+    assert len(html.encode()) < 64 * 1024
+    assert html.count("i" * FIELD_LIMIT) == 1
+
+
+# ------------------------------------------------------------------------------ any record at all
+NASTY = ['"', "<", "&", "\x00", "\u202e", "\ud800", "é", "😀", "javascript:", "https://h/", XSS]
+"""Pieces hostile text is made of: each costs the most bytes or means something to a parser."""
+
+
+def test_any_view_renders_a_bounded_safe_page() -> None:
+    """For any JSON in the record and any text in the view: a page, never an exception, under the bound."""
+    hypothesis = pytest.importorskip("hypothesis")
+    from hypothesis import strategies as st
+
+    text = st.one_of(
+        st.text(st.characters(exclude_categories=())),  # every code point, lone surrogates too
+        st.builds(lambda piece, count: piece * count, st.sampled_from(NASTY), st.integers(0, 300_000)),
+        st.sampled_from([*URLS, "FINISHED", "failed", "PROCESSING", "2023-01-01T00:00:00Z"]),
+    )
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), text)
+    json_values = st.recursive(
+        scalars,
+        lambda inner: st.lists(inner, max_size=5) | st.dictionaries(text, inner, max_size=5),
+        max_leaves=20,
+    )
+    many = st.builds(lambda entry, count: [entry] * count, json_values | text, st.integers(0, 12_000))
+    record = st.fixed_dictionaries(
+        {},
+        optional={
+            key: json_values
+            for key in ("id", "status", "createdAt", "finishedAt", "message", "error", "detail", "parameters")
+        }
+        | {"images": st.one_of(json_values, many, st.lists(json_values | text, max_size=20))},
+    )
+    views = st.builds(
+        GalleryView,
+        task=st.builds(TaskInfo, dag_id=text, run_id=text, task_id=text, map_index=st.integers(-1, 10**6),
+                       state=st.none() | text),
+        diffusion_id=text | json_values,
+        record=record | json_values,
+        record_from=st.none() | text,
+        prompt=st.none() | text | json_values,
+        model=st.none() | text | json_values,
+    )  # fmt: skip
+
+    @hypothesis.settings(max_examples=200, deadline=None, database=None)
+    @hypothesis.given(views)
+    def check(any_view: GalleryView) -> None:
+        html = render_gallery(any_view)
+        assert len(html.encode("utf-8")) <= PAGE_LIMIT
+        page = assert_safe(html)
+        assert len(page.all("img")) <= MAX_THUMBNAILS
+        for attrs in (*page.all("img"), *page.all("a")):
+            url = attrs.get("src") or attrs.get("href")
+            assert safe_image_url(url) == url
+
+    check()
