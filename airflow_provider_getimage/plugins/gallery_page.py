@@ -366,14 +366,17 @@ def render_gallery(view: GalleryView) -> str:
         "<h1>GetImage.io images</h1>",
         _where(view.task),
         _rows(rows),
-        ""
-        if record is view.record
-        else f'<p class="note">The record is {_e(_kind(view.record))}, not an object: it is not shown.</p>',
-        "<h2>Prompt</h2>",
+    ]
+    if record is not view.record:
+        parts.append(
+            f'<p class="note">The record is {_e(_kind(view.record))}, not an object: it is not shown.</p>'
+        )
+    parts.append("<h2>Prompt</h2>")
+    parts.append(
         f'<p class="prompt">{_field(view.prompt, TEXT_LIMIT)}</p>'
         if view.prompt
-        else '<p class="note">The prompt was not recorded.</p>',
-    ]
+        else '<p class="note">The prompt was not recorded.</p>'
+    )
     if outcome == "failed":
         parts.append(f'<p class="status failed">{_field(_rules.failure_message(record), MESSAGE_LIMIT)}</p>')
     elif outcome == "running":
