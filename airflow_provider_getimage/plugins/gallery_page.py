@@ -14,15 +14,18 @@ import base64
 import hashlib
 import html
 import math
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote, urlsplit
 
 from airflow_provider_getimage import _rules
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterable
+    from re import Match
 
 __all__ = [
     "GALLERY_ROUTE",
@@ -46,8 +49,29 @@ MAP_INDEX_PLACEHOLDER = "{MAP_INDEX}"
 """What the UI leaves in an external view's ``href`` on the page of an unmapped task instance."""
 REFRESH_SECONDS = 10
 """How often a page of an unfinished diffusion reloads itself (a meta refresh: the page has no script)."""
-TEXT_LIMIT = 20_000
-"""Longest prompt or message shown; a longer one is cut, with a note, so a page stays readable."""
+TEXT_LIMIT = 10_000
+"""Longest prompt shown; a longer one is cut, with a note, so a page stays readable and small."""
+MESSAGE_LIMIT = 2_000
+"""Longest failure reason shown: the service's free text, cut like a prompt."""
+FIELD_LIMIT = 250
+"""Longest short field shown (id, model, status, times, task state): Airflow's own id length."""
+ALT_ID_LIMIT = 64
+"""How much of the diffusion id each thumbnail's ``alt`` repeats: shown in full once, not per image."""
+MAX_THUMBNAILS = 100
+"""Most images one page shows; the rest are counted ("and 412 more images")."""
+URL_LIMIT = 4_096
+"""Longest image URL a page loads; a longer one is listed as text, cut (signed URLs stay well under)."""
+THUMBNAILS_BUDGET = 96 * 1024
+"""Most bytes the thumbnails take: each URL is written three times, so long URLs count against it."""
+PAGE_LIMIT = 256 * 1024
+"""
+The most a gallery page weighs, in UTF-8 bytes, whatever the record holds.
+
+By construction: a shown character takes 6 bytes at the most once escaped, so the prompt
+(``TEXT_LIMIT``) and the reason (``MESSAGE_LIMIT``) take 72 kB, a dozen short fields
+(``FIELD_LIMIT``) 18 kB, the thumbnails ``THUMBNAILS_BUDGET`` and the rest (style, notes) 4 kB:
+about 190 kB. ``tests/plugins/test_gallery_bounds.py`` renders hostile records against it.
+"""
 
 _STYLE = """
 :root { color-scheme: light dark; --fg: #1d1d1f; --muted: #5f6368; --line: #d9d9de; --card: #f6f5fb;
@@ -88,6 +112,17 @@ SECURITY_HEADERS: Mapping[str, str] = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
+
+
+_INVISIBLE = re.compile(
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff\ud800-\udfff]"
+)
+"""Characters a page shows as escapes: controls, bidi overrides and zero-width marks can disguise
+text, and a lone surrogate (valid JSON, ``"\\ud800"``) cannot be encoded as UTF-8 at all."""
+
+
+def _escape_char(match: Match[str]) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
 
 
 # ----------------------------------------------------------------------------------------- URLs
@@ -146,6 +181,8 @@ def safe_image_url(url: object) -> str | None:
     become a link.
     """
     if not isinstance(url, str) or not url or any(ord(char) < 33 or ord(char) == 127 for char in url):
+        return None
+    if _INVISIBLE.search(url):  # a lone surrogate cannot even be encoded into the page
         return None
     try:
         parts = urlsplit(url)
@@ -208,15 +245,42 @@ def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _cut(text: str) -> str:
-    if len(text) <= TEXT_LIMIT:
-        return text
-    return f"{text[:TEXT_LIMIT]}… ({len(text) - TEXT_LIMIT} more characters not shown)"
+def _text(text: str, limit: int) -> str:
+    """
+    ``text`` cut to ``limit`` characters, with a note of the rest, its invisible characters escaped.
+
+    Cut before anything else, so a huge field costs no more than its shown part; each shown
+    character then takes 6 bytes at the most once escaped (``&quot;``, ``\\u202e``).
+    """
+    shown = _INVISIBLE.sub(_escape_char, text[:limit])
+    return shown if len(text) <= limit else f"{shown}… ({len(text) - limit} more characters not shown)"
+
+
+def _kind(value: object) -> str:
+    """What a JSON value is, in words, for a note about a field of the wrong type."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return f"a {type(value).__name__}"
+
+
+def _field(value: object, limit: int = FIELD_LIMIT) -> str:
+    """A field as escaped, cut text; a note naming the type when it is not text (records are untrusted)."""
+    if isinstance(value, str):
+        return _e(_text(value, limit))
+    return f'<span class="note">{_e(_kind(value))}, not text (not shown)</span>'
 
 
 def _parse_time(value: object) -> datetime | None:
     """An ISO 8601 timestamp as the API writes it (``2023-01-01T00:00:00.000Z``); None if not one."""
-    if not isinstance(value, str) or not value.strip():
+    if not isinstance(value, str) or not value.strip() or len(value) > 64:
         return None
     try:
         parsed = datetime.fromisoformat(value.strip())
@@ -264,7 +328,7 @@ def _rows(items: list[tuple[str, str]]) -> str:
 
 
 def _task_rows(task: TaskInfo) -> list[tuple[str, str]]:
-    rows = [("Task state", _e(task.state or "none"))]
+    rows = [("Task state", _field(task.state or "none"))]
     if task.start_date is not None and task.end_date is not None:
         seconds = (task.end_date - task.start_date).total_seconds()
         rows.append(("Task ran", _e(format_duration(seconds))))
@@ -276,66 +340,183 @@ def render_gallery(view: GalleryView) -> str:
     The HTML page of one task instance's diffusion: thumbnails, prompt, model, id, status, timings.
 
     A diffusion that is not finished yet shows its status and reloads itself every
-    ``REFRESH_SECONDS``; a failed one shows the service's reason.
+    ``REFRESH_SECONDS``; a failed one shows the service's reason. Every field is cut to its limit
+    and a field of the wrong type is a note: the record comes from a remote service.
     """
-    record = view.record
-    status = record.get("status")
-    outcome = _rules.classify(status) if status is not None else "running"
-    urls = _rules.image_urls(record)
+    record = view.record if isinstance(view.record, Mapping) else {}
+    status_markup, outcome = _status(record.get("status"))
+    images = read_images(record)
 
     rows: list[tuple[str, str]] = [
-        ("Diffusion id", f"<code>{_e(view.diffusion_id)}</code>"),
-        (
-            "Status",
-            f'<span class="status {outcome}">{_e(status if status is not None else "unknown")}</span>',
-        ),
-        ("Model", _e(view.model) if view.model else '<span class="note">not recorded</span>'),
+        ("Diffusion id", f"<code>{_field(view.diffusion_id)}</code>"),
+        ("Status", status_markup),
+        ("Model", _field(view.model) if view.model else '<span class="note">not recorded</span>'),
     ]
     for label, key in (("Created", "createdAt"), ("Finished", "finishedAt")):
         if record.get(key) is not None:
-            rows.append((label, _e(record[key])))
+            rows.append((label, _field(record[key])))
     duration = diffusion_duration(record)
     if duration is not None:
         rows.append(("Generation took", _e(format_duration(duration))))
     rows.extend(_task_rows(view.task))
     if view.record_from:
-        rows.append(("Record from", f"task <code>{_e(view.record_from)}</code> of this run"))
+        rows.append(("Record from", f"task <code>{_field(view.record_from)}</code> of this run"))
 
     parts = [
         "<h1>GetImage.io images</h1>",
-        f'<p class="where">{_e(view.task.label)}</p>',
+        _where(view.task),
         _rows(rows),
-        "<h2>Prompt</h2>",
-        f'<p class="prompt">{_e(_cut(view.prompt))}</p>'
-        if view.prompt
-        else '<p class="note">The prompt was not recorded.</p>',
     ]
+    if record is not view.record:
+        parts.append(
+            f'<p class="note">The record is {_e(_kind(view.record))}, not an object: it is not shown.</p>'
+        )
+    parts.append("<h2>Prompt</h2>")
+    parts.append(
+        f'<p class="prompt">{_field(view.prompt, TEXT_LIMIT)}</p>'
+        if view.prompt
+        else '<p class="note">The prompt was not recorded.</p>'
+    )
     if outcome == "failed":
-        parts.append(f'<p class="status failed">{_e(_cut(_rules.failure_message(record)))}</p>')
+        parts.append(f'<p class="status failed">{_field(_rules.failure_message(record), MESSAGE_LIMIT)}</p>')
     elif outcome == "running":
         parts.append(
             f'<p class="note">Not finished yet: this page reloads itself every {REFRESH_SECONDS} seconds.</p>'
         )
-    if urls:
-        parts.append(f"<h2>Images ({len(urls)})</h2>")
+    parts.extend(_images_section(images, _alt_id(view.diffusion_id), finished=outcome == "success"))
+    title = f"GetImage.io images · {_text(str(view.task.task_id), FIELD_LIMIT)}"
+    return _page(title, "\n".join(parts), refresh=outcome == "running")
+
+
+Outcome = Literal["success", "failed", "running", "unknown"]
+
+
+def _status(status: object) -> tuple[str, Outcome]:
+    """The status as markup, and what it means; a status that is not text means nothing (no reload)."""
+    if status is None:
+        return '<span class="status running">unknown</span>', "running"
+    if not isinstance(status, str):
+        return _field(status), "unknown"
+    outcome = _rules.classify(status)
+    return f'<span class="status {outcome}">{_field(status)}</span>', outcome
+
+
+def _where(task: TaskInfo) -> str:
+    """The task instance's label under the heading; its three ids cut like any other field."""
+    return f'<p class="where">{_e(_text(task.label, 3 * FIELD_LIMIT + 16))}</p>'
+
+
+def _alt_id(diffusion_id: object) -> str:
+    """The diffusion id as each thumbnail's ``alt`` repeats it: short, so images do not multiply it."""
+    if not isinstance(diffusion_id, str):
+        return ""
+    short = _text(diffusion_id[:ALT_ID_LIMIT], ALT_ID_LIMIT)
+    return f" of diffusion {short}{'…' if len(diffusion_id) > ALT_ID_LIMIT else ''}"
+
+
+@dataclass(frozen=True)
+class ImageList:
+    """
+    The ``images`` of a record as a page reads them, whatever they hold.
+
+    :param urls: the first ``MAX_THUMBNAILS`` URLs, in order (any scheme: the page checks each).
+    :param total: how many entries hold a URL.
+    :param without_url: how many entries hold none (a number, an object with no URL key...).
+    :param wrong_type: what ``images`` is when it is neither a list nor one entry (``"a number"``).
+    """
+
+    urls: tuple[str, ...] = ()
+    total: int = 0
+    without_url: int = 0
+    wrong_type: str | None = None
+
+
+def read_images(record: Mapping[str, Any]) -> ImageList:
+    """
+    Read ``images`` as SPEC 1 normalises it (``_rules.image_urls``, one entry at a time), never raising.
+
+    ``images: 5`` raised a ``TypeError`` in the shared rule; here it is a note. One entry at a time
+    also keeps only the URLs a page may show, however long the list.
+    """
+    images = record.get("images")
+    if images is None:
+        return ImageList()
+    if isinstance(images, str | Mapping):
+        images = [images]
+    elif not isinstance(images, list | tuple):
+        return ImageList(wrong_type=_kind(images))
+    urls: list[str] = []
+    without_url = 0
+    for entry in images:
+        found = _rules.image_urls({"images": [entry]})
+        if not found:
+            without_url += 1
+        elif len(urls) < MAX_THUMBNAILS:
+            urls.extend(found)
+    return ImageList(tuple(urls), len(images) - without_url, without_url)
+
+
+def _images_section(images: ImageList, alt_id: str, *, finished: bool) -> list[str]:
+    """The thumbnails, then counts of what is not shown and notes on what is wrong."""
+    parts: list[str] = []
+    figures = _thumbnails(images.urls, alt_id)
+    if images.total:
+        parts.append(f"<h2>Images ({images.total})</h2>")
+        parts.append('<div class="grid">' + "".join(figures) + "</div>")
+    if images.total > len(figures):
+        rest = images.total - len(figures)
         parts.append(
-            '<div class="grid">' + "".join(_figure(view, i, url) for i, url in enumerate(urls)) + "</div>"
+            f'<p class="note">… and {_count(rest, "more image")}, not shown here '
+            f"(this page shows the first {len(figures)}).</p>"
         )
-    elif outcome == "success":
+    if images.without_url:
+        holds = "holds" if images.without_url == 1 else "hold"
+        parts.append(
+            f'<p class="note">{_count(images.without_url, "entry", "entries")} of the record\'s '
+            f"<code>images</code> {holds} no URL (not shown).</p>"
+        )
+    if images.wrong_type:
+        parts.append(
+            f'<p class="note">The record\'s <code>images</code> is {_e(images.wrong_type)}, not a list: '
+            "no image can be shown.</p>"
+        )
+    elif finished and not images.total:
         parts.append('<p class="note">The finished record lists no image.</p>')
-    return _page(f"GetImage.io images · {view.task.task_id}", "\n".join(parts), refresh=outcome == "running")
+    return parts
 
 
-def _figure(view: GalleryView, index: int, url: str) -> str:
+def _thumbnails(urls: Iterable[str], alt_id: str) -> list[str]:
+    """One figure per URL while they fit in ``THUMBNAILS_BUDGET`` bytes (a URL is written three times)."""
+    figures: list[str] = []
+    size = 0
+    for index, url in enumerate(urls):
+        figure = _figure(alt_id, index, url)
+        size += len(figure.encode())
+        if size > THUMBNAILS_BUDGET:
+            break
+        figures.append(figure)
+    return figures
+
+
+def _count(number: int, singular: str, plural: str | None = None) -> str:
+    """``1 more image``, ``412 more images``."""
+    return f"{number} {singular if number == 1 else plural or singular + 's'}"
+
+
+def _figure(alt_id: str, index: int, url: str) -> str:
     caption = f"Image {index + 1}"
     safe = safe_image_url(url)
     if safe is None:  # shown as text, never loaded or linked
-        text = f"{_e(caption)}: not an http(s) URL: <code>{_e(_cut(url))}</code>"
+        text = f"{_e(caption)}: not an http(s) URL: <code>{_field(url)}</code>"
         return f"<figure><figcaption>{text}</figcaption></figure>"
-    alt = f"{caption} of diffusion {view.diffusion_id}"
+    if len(safe) > URL_LIMIT:
+        text = (
+            f"{_e(caption)}: a URL of {len(safe)} characters, too long to load: <code>{_field(safe)}</code>"
+        )
+        return f"<figure><figcaption>{text}</figcaption></figure>"
     return (
         f'<figure><a href="{_e(safe)}" target="_blank" rel="noopener noreferrer">'
-        f'<img src="{_e(safe)}" alt="{_e(alt)}" decoding="async"></a>'
+        f'<img src="{_e(safe)}" alt="{_e(caption + alt_id)}" decoding="async"></a>'
         f'<figcaption><a href="{_e(safe)}" target="_blank" rel="noopener noreferrer">{_e(caption)}</a>'
         "</figcaption></figure>"
     )
@@ -352,9 +533,9 @@ def render_message(title: str, message: str, task: TaskInfo | None = None, *, re
     """
     parts = ["<h1>" + _e(title) + "</h1>"]
     if task is not None:
-        parts.append(f'<p class="where">{_e(task.label)}</p>')
+        parts.append(_where(task))
         parts.append(_rows(_task_rows(task)))
-    parts.append(f"<p>{_e(message)}</p>")
+    parts.append(f"<p>{_field(message, MESSAGE_LIMIT)}</p>")
     if refresh:
         parts.append(f'<p class="note">This page reloads itself every {REFRESH_SECONDS} seconds.</p>')
     return _page(title, "\n".join(parts), refresh=refresh)

@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from airflow_provider_getimage.plugins.gallery import GetImageGalleryPlugin
-from airflow_provider_getimage.plugins.gallery_page import SECURITY_HEADERS, gallery_path
+from airflow_provider_getimage.plugins.gallery_page import PAGE_LIMIT, SECURITY_HEADERS, gallery_path
 from tests import dag_runs
 from tests.airflow_compat import airflow_before
 from tests.plugins.page_parser import Page
@@ -222,3 +222,33 @@ def test_mapped_task_instances_and_pages_without_a_gallery(
     status, page, _ = get_page(api, "getimage/elsewhere")
     assert status == 404
     assert "Not found" in page.visible
+
+
+def test_a_hostile_record_is_a_bounded_page_not_a_server_error(
+    api: TestClient, operator_dags: dict[str, DAG], getimage_airflow_conn: Emulator
+) -> None:
+    """What a broken service may have stored: wrong types and huge fields, read back from the database."""
+    dag_run = dag_runs.run(operator_dags["getimage_operator_wait"], prompt="a quiet harbour")
+    path = gallery_path(dag_run.dag_id, dag_run.run_id, "generate")
+    deep: object = "x"
+    for _ in range(100):
+        deep = [deep]
+    record = dag_runs.xcom(dag_run, "generate", "diffusion")
+    hostile = {
+        "images": 5, "status": "FINISHED", "createdAt": '"' * 1_000_000, "finishedAt": ["\u0000"],
+        "prompt": "<script>alert(1)</script>" * 10_000, "model": deep, "parameters": deep,
+    }  # fmt: skip
+    set_xcom(dag_run, "generate", "diffusion", {**record, **hostile})
+    status, page, response = get_page(api, path)
+    assert status == 200
+    assert len(response.content) <= PAGE_LIMIT
+    assert "The record's images is a number, not a list: no image can be shown." in page.visible
+    assert "script" not in {tag for tag, _ in page.tags}
+
+    set_xcom(dag_run, "generate", "diffusion", {**record, "status": deep, "images": record["images"] * 2_500})
+    status, page, response = get_page(api, path)
+    assert status == 200
+    assert len(response.content) <= PAGE_LIMIT
+    assert len(page.all("img")) == 100
+    assert f"… and {len(record['images']) * 2_500 - 100} more images, not shown here" in page.visible
+    assert "a list, not text (not shown)" in page.visible  # the status
