@@ -10,6 +10,7 @@ pure makes them testable as tables and keeps the sync and async clients from dri
 from __future__ import annotations
 
 import email.utils
+import functools
 import json
 import math
 import re
@@ -255,8 +256,9 @@ def parse_timeout(value: object) -> float:
 
 
 # -------------------------------------------------------------------------------------- requests
+@functools.lru_cache(maxsize=8192)
 def diffusion_path(diffusion_id: str) -> str:
-    """The path of one diffusion, with the id quoted so it cannot change the path."""
+    """The path of one diffusion, its id quoted so it cannot change the path (cached: each poll asks)."""
     return f"{DIFFUSIONS_PATH}/{quote(diffusion_id, safe='')}"
 
 

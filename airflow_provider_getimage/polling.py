@@ -10,6 +10,7 @@ operators so the sensor and the trigger import neither.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -73,6 +74,12 @@ class DiffusionWatch:
     status: _rules.StatusWatch = field(default_factory=_rules.StatusWatch)
     record: dict[str, Any] = field(default_factory=dict)
     """The latest record polled (empty before the first answer)."""
+    debug: bool = field(init=False, default=False)
+    """Whether the log takes DEBUG lines (asked once: every poll would log one)."""
+
+    def __post_init__(self) -> None:
+        enabled = getattr(self.log, "isEnabledFor", None)
+        self.debug = bool(enabled(logging.DEBUG)) if callable(enabled) else True
 
     # ------------------------------------------------------------------------------ polls
     def check(self, fetch: Callable[[str], dict[str, Any]]) -> Poll:
@@ -113,7 +120,7 @@ class DiffusionWatch:
                 self.status.last,
                 self.elapsed,
             )
-        else:
+        elif self.debug:  # skipped, not filtered: a disabled call still costs a logger bind a poll
             self.log.debug(
                 "Diffusion %s still %s (%.1f s elapsed)", self.diffusion_id, self.status.last, self.elapsed
             )

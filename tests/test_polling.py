@@ -105,8 +105,8 @@ async def test_check_async_is_the_same_judge() -> None:
 def test_each_status_change_is_logged_once_and_an_unknown_status_warns_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    one = watch()
     with caplog.at_level(logging.DEBUG, logger=LOG.name):
+        one = watch()  # the watch asks once whether DEBUG is on
         for status in ["NEW", "NEW", "WEIRD", "WEIRD", "PROCESSING", "WEIRD", "FINISHED"]:
             one.judge({"status": status})
     infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
@@ -122,6 +122,15 @@ def test_each_status_change_is_logged_once_and_an_unknown_status_warns_once(
     assert len(warnings) == 1
     assert "'WEIRD'" in warnings[0]
     assert sum(r.levelno == logging.DEBUG for r in caplog.records) == 2, "unchanged polls log at DEBUG"
+
+
+def test_no_debug_call_at_all_when_debug_is_off(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger=LOG.name):
+        one = watch()
+        one.judge({"status": "NEW"})
+        one.judge({"status": "NEW"})
+    assert not one.debug
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
 
 
 def test_a_transient_poll_failure_warns_with_the_reason(caplog: pytest.LogCaptureFixture) -> None:

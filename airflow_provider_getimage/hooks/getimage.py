@@ -379,8 +379,9 @@ class GetImageAsyncHook(_HookMixin, HttpAsyncHook):
         await self.close()
 
     async def _attempt(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any] | Attempt:
-        session = await self._get_session()
-        settings = await self.get_settings()
+        # The attributes first: every poll asks, and awaiting the lookups again costs two coroutines.
+        session = self._session or await self._get_session()
+        settings = self._settings or await self.get_settings()
         try:
             # The session's total timeout bounds the whole request, the answer included.
             async with session.request(

@@ -101,9 +101,10 @@ class GetImageDiffusionTrigger(BaseTrigger):
         # checked the diffusion just before deferring, so this costs no detection time.
         delay = random.uniform(0, self.poll_interval)
         async with hook_class(getimage_conn_id=self.getimage_conn_id) as hook:
+            fetch = functools.partial(hook.get_diffusion, deadline=self.end_time)
             while True:
                 await asyncio.sleep(watch.until_deadline(delay))
-                poll = await watch.check_async(functools.partial(hook.get_diffusion, deadline=self.end_time))
+                poll = await watch.check_async(fetch)
                 if poll.outcome != "running":
                     return self._outcome_event(poll)
                 if watch.expired():
