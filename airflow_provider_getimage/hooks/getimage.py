@@ -234,10 +234,12 @@ class GetImageHook(_HookMixin, HttpHook):
         diffusion_id: str | None = None,
         deadline: float | None = None,
     ) -> dict[str, Any]:
-        retries = api_retries(
-            method, path, self.settings, self.retry_policy, self.log, diffusion_id, deadline
+        return call_with_retries(
+            lambda: self._attempt(method, path, body),
+            lambda: api_retries(
+                method, path, self.settings, self.retry_policy, self.log, diffusion_id, deadline
+            ),
         )
-        return call_with_retries(lambda: self._attempt(method, path, body), retries)
 
     # ------------------------------------------------------------------------------------ API
     def submit_diffusion(self, prompt: str, model: str | None = None, **parameters: Any) -> dict[str, Any]:
@@ -403,9 +405,11 @@ class GetImageAsyncHook(_HookMixin, HttpAsyncHook):
         diffusion_id: str | None = None,
         deadline: float | None = None,
     ) -> dict[str, Any]:
-        settings = await self.get_settings()
-        retries = api_retries(method, path, settings, self.retry_policy, self.log, diffusion_id, deadline)
-        return await call_with_retries_async(lambda: self._attempt(method, path, body), retries)
+        settings = self._settings or await self.get_settings()
+        return await call_with_retries_async(
+            lambda: self._attempt(method, path, body),
+            lambda: api_retries(method, path, settings, self.retry_policy, self.log, diffusion_id, deadline),
+        )
 
     async def submit_diffusion(
         self, prompt: str, model: str | None = None, **parameters: Any

@@ -138,8 +138,10 @@ class ImageFetcher:
                 transient=_rules.is_retryable("GET", attempt),
             )
 
-        retries = Retries("GET", f"Download of {url}", self.policy, self.log, give_up)
-        return call_with_retries(lambda: self._attempt(url, write), retries)
+        return call_with_retries(
+            lambda: self._attempt(url, write),
+            lambda: Retries("GET", f"Download of {url}", self.policy, self.log, give_up),
+        )
 
     def _attempt(self, url: str, write: Callable[[str, Iterator[bytes]], T]) -> T | _rules.Attempt:
         deadline = time.monotonic() + self.request_timeout

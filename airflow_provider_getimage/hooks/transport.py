@@ -304,19 +304,29 @@ def api_retries(
     return Retries(method, f"GetImage.io {method} {path}", policy, log, give_up, deadline)
 
 
-def call_with_retries(send: Callable[[], T | Attempt], retries: Retries) -> T:
-    """Call ``send`` until it returns a result (not a failed ``Attempt``), sleeping between tries."""
+def call_with_retries(send: Callable[[], T | Attempt], retries: Callable[[], Retries]) -> T:
+    """
+    Call ``send`` until it returns a result (not a failed ``Attempt``), sleeping between tries.
+
+    :param retries: makes the retry state, on the first failure only (most calls never need it).
+    """
+    state: Retries | None = None
     while True:
         outcome = send()
         if not isinstance(outcome, Attempt):
             return outcome
-        time.sleep(retries.wait_after(outcome))
+        state = state or retries()
+        time.sleep(state.wait_after(outcome))
 
 
-async def call_with_retries_async(send: Callable[[], Awaitable[T | Attempt]], retries: Retries) -> T:
+async def call_with_retries_async(
+    send: Callable[[], Awaitable[T | Attempt]], retries: Callable[[], Retries]
+) -> T:
     """The twin of :func:`call_with_retries` for an event loop: it sleeps without blocking."""
+    state: Retries | None = None
     while True:
         outcome = await send()
         if not isinstance(outcome, Attempt):
             return outcome
-        await asyncio.sleep(retries.wait_after(outcome))
+        state = state or retries()
+        await asyncio.sleep(state.wait_after(outcome))
