@@ -1,7 +1,7 @@
 """
 Answers bounded in size and in time, whatever the server sends (issue 11, items 1 and 2).
 
-Each hostile answer (``tests/reliability/hostile_server.py``) is played against the worker's
+Each hostile answer (``tests/reliability/runaway_server.py``) is played against the worker's
 wait, the trigger and an image download. Times are asserted as ratios of the configured
 timeouts, not as wall-clock races; memory in a child process with an address-space limit.
 """
@@ -27,7 +27,7 @@ from airflow_provider_getimage.exceptions import (
 )
 from airflow_provider_getimage.hooks.getimage import GetImageHook
 from airflow_provider_getimage.triggers.getimage import GetImageDiffusionTrigger
-from tests.reliability.hostile_server import HostileServer
+from tests.reliability.runaway_server import RunawayServer
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -40,15 +40,15 @@ WAIT_TIMEOUT = 2.0
 KEY = "hostile-test-key-123"
 
 
-def connect(monkeypatch: pytest.MonkeyPatch, server: HostileServer, **extra: object) -> None:
+def connect(monkeypatch: pytest.MonkeyPatch, server: RunawayServer, **extra: object) -> None:
     conn = {"conn_type": "getimage", "host": server.url, "password": KEY}
     conn["extra"] = {"request_timeout": REQUEST_TIMEOUT, **extra}  # type: ignore[assignment]
     monkeypatch.setenv("AIRFLOW_CONN_GETIMAGE_DEFAULT", json.dumps(conn))
 
 
 @pytest.fixture(params=["endless", "huge", "trickle"])
-def hostile(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[HostileServer]:
-    server = HostileServer(request.param).start()
+def hostile(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[RunawayServer]:
+    server = RunawayServer(request.param).start()
     connect(monkeypatch, server)
     try:
         yield server
@@ -57,7 +57,7 @@ def hostile(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_the_workers_wait_ends_within_one_request_timeout_of_its_deadline(
-    hostile: HostileServer, capfd: pytest.CaptureFixture[str]
+    hostile: RunawayServer, capfd: pytest.CaptureFixture[str]
 ) -> None:
     started = time.monotonic()
     with pytest.raises(GetImageTimeoutError):
@@ -68,7 +68,7 @@ def test_the_workers_wait_ends_within_one_request_timeout_of_its_deadline(
     assert expected in reasons
 
 
-def test_the_trigger_times_out_at_its_end_time(hostile: HostileServer) -> None:
+def test_the_trigger_times_out_at_its_end_time(hostile: RunawayServer) -> None:
     async def first_event() -> dict[str, object]:
         trigger = GetImageDiffusionTrigger("d-1", poll_interval=0.2, end_time=time.time() + WAIT_TIMEOUT)
         async for event in trigger.run():
@@ -82,7 +82,7 @@ def test_the_trigger_times_out_at_its_end_time(hostile: HostileServer) -> None:
 
 
 def test_a_huge_answer_to_a_submission_may_have_been_created(monkeypatch: pytest.MonkeyPatch) -> None:
-    server = HostileServer("huge").start()
+    server = RunawayServer("huge").start()
     connect(monkeypatch, server)
     try:
         with pytest.raises(GetImageSubmitUncertainError, match="larger than 1048576 bytes") as err:
@@ -94,7 +94,7 @@ def test_a_huge_answer_to_a_submission_may_have_been_created(monkeypatch: pytest
 
 
 def test_the_size_cap_is_a_connection_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    server = HostileServer("huge").start()
+    server = RunawayServer("huge").start()
     connect(monkeypatch, server, max_response_bytes=4096)
     try:
         with pytest.raises(GetImageError, match="larger than 4096 bytes") as err:
@@ -106,7 +106,7 @@ def test_the_size_cap_is_a_connection_extra(monkeypatch: pytest.MonkeyPatch) -> 
 
 @pytest.mark.parametrize("value", ["0", "-5", "1.5", "lots", True])
 def test_a_bad_size_cap_names_the_extra(monkeypatch: pytest.MonkeyPatch, value: object) -> None:
-    server = HostileServer("huge")
+    server = RunawayServer("huge")
     connect(monkeypatch, server, max_response_bytes=value)
     with pytest.raises(GetImageError, match="max_response_bytes"):
         GetImageHook().get_diffusion("d-1")
@@ -115,7 +115,7 @@ def test_a_bad_size_cap_names_the_extra(monkeypatch: pytest.MonkeyPatch, value: 
 
 
 def test_an_error_answer_is_summarised_from_its_start_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    server = HostileServer("huge_error").start()
+    server = RunawayServer("huge_error").start()
     connect(monkeypatch, server)
     started = time.monotonic()
     try:
@@ -128,7 +128,7 @@ def test_an_error_answer_is_summarised_from_its_start_only(monkeypatch: pytest.M
 
 
 def test_a_trickling_image_fails_its_attempt_by_its_deadline(tmp_path: Path) -> None:
-    server = HostileServer("trickle", content_type="image/png").start()
+    server = RunawayServer("trickle", content_type="image/png").start()
     started = time.monotonic()
     try:
         with (
@@ -154,8 +154,8 @@ def test_memory_stays_bounded_under_an_address_space_limit(behaviour: str) -> No
     code = textwrap.dedent(
         f"""
         import json, os, resource, sys
-        from tests.reliability.hostile_server import HostileServer
-        server = HostileServer({behaviour!r}).start()
+        from tests.reliability.runaway_server import RunawayServer
+        server = RunawayServer({behaviour!r}).start()
         os.environ["AIRFLOW_CONN_GETIMAGE_DEFAULT"] = json.dumps(
             {{"conn_type": "getimage", "host": server.url, "password": "k" * 20}})
         from airflow_provider_getimage._rules import RetryPolicy

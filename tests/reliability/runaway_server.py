@@ -1,5 +1,5 @@
 """
-A hostile HTTP server on loopback: answers that never end, are huge, or trickle a byte at a time.
+A runaway HTTP server on loopback: answers that never end, are huge, or trickle a byte at a time.
 
 The emulator behaves like the real service, faults included; this server behaves like what may
 stand in front of it (a broken proxy, an attacker in the middle). Raw sockets, so it can break the
@@ -19,7 +19,7 @@ HUGE_BYTES = 200 * 1024 * 1024
 """What a ``huge`` answer announces (and would send, if read)."""
 
 
-class HostileServer:
+class RunawayServer:
     """Every request gets the same hostile answer; stops with the test (daemon threads, closed socket)."""
 
     def __init__(self, behaviour: Behaviour, content_type: str = "application/json") -> None:
@@ -30,7 +30,7 @@ class HostileServer:
         self._stopped = threading.Event()
         self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
 
-    def start(self) -> HostileServer:
+    def start(self) -> RunawayServer:
         threading.Thread(target=self._accept, daemon=True).start()
         return self
 
