@@ -275,13 +275,14 @@ def bounded_record(record: Mapping[str, Any], limit: int = RECORD_LIMIT) -> dict
 def secret_forms(secret: str) -> tuple[str, ...]:
     """
     The forms a secret may take in text a library or a service printed: as it is, ``repr``- and
-    JSON-escaped, and percent-encoded; longest first, so a longer form is replaced whole.
+    JSON-escaped (``\\/`` included), and percent-encoded; longest first, so a longer form is replaced whole.
     """
     forms = {
         secret,
         repr(secret)[1:-1],
         json.dumps(secret)[1:-1],
         json.dumps(secret, ensure_ascii=False)[1:-1],
+        json.dumps(secret)[1:-1].replace("/", "\\/"),  # JSON may escape "/" (PHP does)
         quote(secret, safe=""),
         quote_plus(secret, safe=""),
     }
