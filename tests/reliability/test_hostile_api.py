@@ -127,7 +127,7 @@ def short_error(result: Result) -> None:
 
 
 def on_paths(
-    paths: tuple[Path_, ...], answer: str, play: Play, outcomes: dict[Path_, str], **kw: Any
+    paths: tuple[Path_, ...], answer: str, play: Play, outcomes: dict[str, str], **kw: Any
 ) -> list[Scenario]:
     """The same answer on several paths, each with its own outcome."""
     return [Scenario(answer, path, play, outcomes[path], **kw) for path in paths]
