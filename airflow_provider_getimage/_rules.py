@@ -10,6 +10,7 @@ pure makes them testable as tables and keeps the sync and async clients from dri
 from __future__ import annotations
 
 import email.utils
+import itertools
 import json
 import math
 import re
@@ -37,6 +38,7 @@ __all__ = [
     "diffusion_path",
     "error_message",
     "failure_message",
+    "failure_reason",
     "headers",
     "image_urls",
     "next_poll_delay",
@@ -52,6 +54,7 @@ __all__ = [
     "secret_forms",
     "submit_body",
     "too_large",
+    "web_image_urls",
 ]
 
 DEFAULT_BASE_URL = "https://api.getimage.io"
@@ -144,38 +147,39 @@ class StatusWatch:
 
 def image_urls(diffusion: object) -> list[str]:
     """
-    Normalise the ``images`` of a diffusion record to a list of URL strings.
+    Normalise the ``images`` of a diffusion record to a list of URL strings (SPEC 1).
 
     An entry may be a URL string or an object holding the URL under one of ``IMAGE_URL_KEYS``;
-    entries with no URL are skipped (the raw record keeps them). Only http(s) URLs of at most
-    ``MAX_URL_LENGTH`` characters count (a ``javascript:`` or ``file:`` URL is no image), and at
-    most ``MAX_IMAGES`` of them. Never raises, whatever the record holds.
+    entries with no URL are skipped (the raw record keeps them). Never raises, whatever the record
+    holds. What counts as an image of the task is :func:`web_image_urls`.
     """
     images = diffusion.get("images") if isinstance(diffusion, Mapping) else None
     if isinstance(images, (str, Mapping)):
         images = [images]
     if not isinstance(images, list):
         return []
-    urls: list[str] = []
-    for entry in images:
-        url = _entry_url(entry)
-        if url is not None:
-            urls.append(url)
-            if len(urls) >= MAX_IMAGES:
-                break
-    return urls
+    urls = (_entry_url(entry) for entry in images)
+    return [url for url in urls if url]
 
 
-def _entry_url(entry: object) -> str | None:
-    """The URL of one ``images`` entry, if it holds an http(s) URL; else None."""
+def web_image_urls(diffusion: object) -> list[str]:
+    """
+    The image URLs that count as a diffusion's images: http(s) URLs of at most ``MAX_URL_LENGTH``
+    characters (a ``javascript:`` or ``file:`` URL is no image), at most ``MAX_IMAGES`` of them.
+    """
+    urls = (url for url in image_urls(diffusion) if len(url) <= MAX_URL_LENGTH and _is_web_url(url))
+    return list(itertools.islice(urls, MAX_IMAGES))
+
+
+def _entry_url(entry: object) -> str:
+    """The URL of one ``images`` entry, stripped; empty when it holds none."""
     if isinstance(entry, Mapping):
-        entry = next((entry[key] for key in IMAGE_URL_KEYS if isinstance(entry.get(key), str)), None)
-    if not isinstance(entry, str):
-        return None
-    url = entry.strip()
-    if not url or len(url) > MAX_URL_LENGTH or not _is_web_url(url):
-        return None
-    return url
+        entry = next((entry[key] for key in IMAGE_URL_KEYS if _non_blank(entry.get(key))), None)
+    return entry.strip() if isinstance(entry, str) else ""
+
+
+def _non_blank(value: object) -> bool:
+    return isinstance(value, str) and bool(value.strip())
 
 
 def _is_web_url(url: str) -> bool:
@@ -190,13 +194,18 @@ def failure_message(diffusion: object) -> str:
     """
     The reason a diffusion failed, as the service put it, or its status when it gave none.
 
-    Cut to ``TEXT_LIMIT`` characters: a 5 MB reason must not become a 5 MB exception or event.
+    Whole, for a page that cuts it its own way; messages and events use :func:`failure_reason`.
     """
     found = _message_from(diffusion)
     if not found:
         status = diffusion.get("status") if isinstance(diffusion, Mapping) else None
         found = f"diffusion ended with status {status!s}"
-    return clip(found)
+    return found
+
+
+def failure_reason(diffusion: object) -> str:
+    """:func:`failure_message` cut to ``TEXT_LIMIT``: a 5 MB reason must not become a 5 MB error or event."""
+    return clip(failure_message(diffusion))
 
 
 def clip(text: str, limit: int = TEXT_LIMIT) -> str:
@@ -262,8 +271,8 @@ def bounded_record(record: Mapping[str, Any], limit: int = RECORD_LIMIT) -> dict
     }
     kept = {name: clip(value, MAX_ID_LENGTH) for name, value in kept.items()}
     if classify(record.get("status")) == "failed":
-        kept["error"] = failure_message(record)
-    kept["images"] = image_urls(record)
+        kept["error"] = failure_reason(record)
+    kept["images"] = web_image_urls(record)
     kept["truncated"] = (
         f"the record was {size} bytes, over the {limit}-byte cap: only id, status, finishedAt, "
         "the failure reason and the image URLs were kept"
@@ -277,14 +286,15 @@ def secret_forms(secret: str) -> tuple[str, ...]:
     The forms a secret may take in text a library or a service printed: as it is, ``repr``- and
     JSON-escaped (``\\/`` included), and percent-encoded; longest first, so a longer form is replaced whole.
     """
+    raw = secret.encode("utf-8", "surrogatepass")  # quote() refuses a lone surrogate as text
     forms = {
         secret,
         repr(secret)[1:-1],
         json.dumps(secret)[1:-1],
         json.dumps(secret, ensure_ascii=False)[1:-1],
         json.dumps(secret)[1:-1].replace("/", "\\/"),  # JSON may escape "/" (PHP does)
-        quote(secret, safe=""),
-        quote_plus(secret, safe=""),
+        quote(raw, safe=""),
+        quote_plus(raw, safe=""),
     }
     return tuple(sorted((form for form in forms if form), key=len, reverse=True))
 

@@ -195,7 +195,7 @@ def checked_record(record: object, diffusion_id: str | None) -> dict[str, Any]:
 
 def diffusion_failed(diffusion_id: str, record: Mapping[str, Any]) -> GetImageDiffusionFailed:
     """The error for a diffusion that ended in a terminal failure status (its reason clipped)."""
-    status, reason = _rules.clip(str(record.get("status")), 100), _rules.failure_message(record)
+    status, reason = _rules.clip(str(record.get("status")), 100), _rules.failure_reason(record)
     return GetImageDiffusionFailed(
         f"Diffusion {diffusion_id} ended with status {status}: {reason}",
         diffusion_id=diffusion_id,
@@ -209,11 +209,11 @@ def push_finished(context: Context, log: Any, diffusion_id: str, record: dict[st
     Shared by the operator and the sensor; both also (re)push ``diffusion_id``, so a downstream
     ``GetImageDownloadOperator`` can name the images after their diffusion. A FINISHED record with
     no image URL fails the task: downstream steps would otherwise run on nothing. The record is
-    stored bounded (``_rules.bounded_record``), the URLs capped (``_rules.image_urls``).
+    stored bounded (``_rules.bounded_record``), the URLs checked and capped (``_rules.web_image_urls``).
     """
     context["ti"].xcom_push(key="diffusion_id", value=diffusion_id)
     context["ti"].xcom_push(key="diffusion", value=_rules.bounded_record(record))
-    urls = _rules.image_urls(record)
+    urls = _rules.web_image_urls(record)
     if not urls:
         raise GetImageError(
             f"Diffusion {diffusion_id} is FINISHED but lists no image URL; "

@@ -43,7 +43,8 @@ def test_read_response_always_gives_an_attempt(value: Any, status: int) -> None:
 @PROPERTY
 @given(ANY_RECORD)
 def test_image_urls_always_gives_web_urls(value: Any) -> None:
-    urls = _rules.image_urls(value)
+    assert all(isinstance(url, str) for url in _rules.image_urls(value))
+    urls = _rules.web_image_urls(value)
     assert len(urls) <= _rules.MAX_IMAGES
     assert all(url.lower().startswith(("http://", "https://")) for url in urls)
 
@@ -51,8 +52,8 @@ def test_image_urls_always_gives_web_urls(value: Any) -> None:
 @PROPERTY
 @given(ANY_RECORD)
 def test_failure_message_always_gives_bounded_text(value: Any) -> None:
-    message = _rules.failure_message(value)
-    assert isinstance(message, str)
+    assert isinstance(_rules.failure_message(value), str)
+    message = _rules.failure_reason(value)
     assert len(message) <= _rules.TEXT_LIMIT + 50
 
 

@@ -447,12 +447,18 @@ def test_record_problem(record: Any, problem: str | None) -> None:
         ([5, None, ["https://x/1.png"]], []),
     ],
 )
-def test_image_urls_only_web_urls_and_capped(images: Any, expected: list[str]) -> None:
-    assert _rules.image_urls({"images": images}) == expected
+def test_web_image_urls_only_web_urls_and_capped(images: Any, expected: list[str]) -> None:
+    assert _rules.web_image_urls({"images": images}) == expected
 
 
-def test_failure_message_is_clipped() -> None:
-    message = _rules.failure_message({"status": "FAILED", "message": "x" * 5_000_000})
+def test_image_urls_never_raises_on_wrong_types() -> None:
+    assert _rules.image_urls({"images": 5}) == []
+    assert _rules.image_urls({"images": [5, None, {"url": 3}, "javascript:x"]}) == ["javascript:x"]
+    assert _rules.image_urls([]) == []
+
+
+def test_failure_reason_is_clipped() -> None:
+    message = _rules.failure_reason({"status": "FAILED", "message": "x" * 5_000_000})
     assert len(message) < _rules.TEXT_LIMIT + 100
     assert message.endswith("more characters cut]")
 

@@ -85,8 +85,8 @@ class _HookMixin:
 
     @staticmethod
     def image_urls(diffusion: Mapping[str, Any]) -> list[str]:
-        """The image URLs of a finished diffusion record (strings or objects, normalised)."""
-        return _rules.image_urls(diffusion)
+        """The image URLs of a finished record (strings or objects normalised; http(s) only, capped)."""
+        return _rules.web_image_urls(diffusion)
 
     @staticmethod
     def _checked_submission(record: dict[str, Any], model: str, log: Any) -> dict[str, Any]:

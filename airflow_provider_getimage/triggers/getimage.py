@@ -120,7 +120,7 @@ class GetImageDiffusionTrigger(BaseTrigger):
         if poll.outcome == "success":
             return self._event("success", f"Diffusion {self.diffusion_id} finished.", poll.record)
         if poll.outcome == "failed":
-            return self._event("failed", _rules.failure_message(poll.record), poll.record)
+            return self._event("failed", _rules.failure_reason(poll.record), poll.record)
         return self._event("error", str(poll.error))
 
 

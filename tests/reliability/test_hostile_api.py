@@ -114,7 +114,7 @@ ECHO_FINISHED = Play(
 
 
 def no_images_beyond_the_cap(result: Result) -> None:
-    urls = _rules.image_urls(result.data or {})
+    urls = _rules.web_image_urls(result.data or {})
     assert urls == [f"https://cdn.example.com/{n}.png" for n in range(_rules.MAX_IMAGES)]
 
 
