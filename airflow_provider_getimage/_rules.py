@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import email.utils
 import functools
+import itertools
 import json
 import math
 import re
 import time
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, quote_plus, urlsplit
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -28,11 +30,16 @@ __all__ = [
     "RetryPolicy",
     "StatusWatch",
     "base_url",
+    "bounded_record",
+    "check_diffusion_id",
     "check_max_poll_interval",
+    "check_poll_interval",
     "classify",
+    "clip",
     "diffusion_path",
     "error_message",
     "failure_message",
+    "failure_reason",
     "headers",
     "image_urls",
     "next_poll_delay",
@@ -41,9 +48,14 @@ __all__ = [
     "parse_timeout",
     "parse_verify",
     "read_response",
+    "record_problem",
     "retry_decision",
+    "scrub",
+    "scrub_value",
+    "secret_forms",
     "submit_body",
     "too_large",
+    "web_image_urls",
 ]
 
 DEFAULT_BASE_URL = "https://api.getimage.io"
@@ -63,6 +75,20 @@ BACKOFF_SHARE = 0.1
 """With a ``max_poll_interval``, the wait between polls is this share of the time waited so far."""
 MESSAGE_LIMIT = 300
 """Longest error text taken from a response body, so a HTML error page cannot flood a log."""
+TEXT_LIMIT = 2000
+"""Longest free text from the service (a failure reason) kept in a message, a log line or an event."""
+RECORD_LIMIT = 64 * 1024
+"""Largest record (as JSON) kept in XCom or a trigger event; a larger one is cut (``bounded_record``)."""
+MAX_IMAGES = 100
+"""Most image URLs taken from one diffusion; more are ignored."""
+MAX_URL_LENGTH = 2048
+"""Longest image URL taken; a longer one is not counted as an image."""
+MAX_ID_LENGTH = 200
+"""Longest diffusion id accepted (the service's are 36-character UUIDs)."""
+MAX_PROMPT_LENGTH = 10_000
+"""Longest prompt accepted, in characters: generous, but a runaway template fails before it is paid for."""
+MIN_POLL_INTERVAL = 0.05
+"""Shortest ``poll_interval`` accepted, in seconds: rules out a busy loop against the API."""
 
 SUCCESS_STATUSES = frozenset({"FINISHED"})
 FAILURE_STATUSES = frozenset({"FAILED", "ERROR", "CANCELED", "CANCELLED", "REJECTED", "EXPIRED"})
@@ -88,7 +114,7 @@ that is not a JSON object) or ``http`` (an error status).
 # --------------------------------------------------------------------------------------- statuses
 def classify(status: object) -> Classification:
     """Classify a diffusion status: FINISHED is success, the terminal set is failure, else running."""
-    normalised = str(status or "").strip().upper()
+    normalised = status.strip().upper() if isinstance(status, str) else ""
     if normalised in SUCCESS_STATUSES:
         return "success"
     if normalised in FAILURE_STATUSES:
@@ -109,7 +135,8 @@ class StatusWatch:
     unknown_seen: set[str] = field(default_factory=set)
 
     def observe(self, status: object) -> tuple[bool, bool]:
-        current = str(status or "").strip().upper() or "<missing>"
+        text = status.strip().upper() if isinstance(status, str) else ""
+        current = clip(text, 100) or "<missing>"
         changed = current != self.last
         self.last = current
         known = current in SUCCESS_STATUSES | FAILURE_STATUSES | RUNNING_STATUSES
@@ -119,34 +146,179 @@ class StatusWatch:
         return changed, newly_unknown
 
 
-def image_urls(diffusion: Mapping[str, Any]) -> list[str]:
+def image_urls(diffusion: object) -> list[str]:
     """
-    Normalise the ``images`` of a diffusion record to a list of URL strings.
+    Normalise the ``images`` of a diffusion record to a list of URL strings (SPEC 1).
 
     An entry may be a URL string or an object holding the URL under one of ``IMAGE_URL_KEYS``;
-    entries with no URL are skipped (the raw record keeps them).
+    entries with no URL are skipped (the raw record keeps them). Never raises, whatever the record
+    holds. What counts as an image of the task is :func:`web_image_urls`.
     """
-    images = diffusion.get("images") or []
+    images = diffusion.get("images") if isinstance(diffusion, Mapping) else None
     if isinstance(images, (str, Mapping)):
         images = [images]
-    urls: list[str] = []
-    for entry in images:
-        if isinstance(entry, str):
-            if entry.strip():
-                urls.append(entry.strip())
-        elif isinstance(entry, Mapping):
-            for key in IMAGE_URL_KEYS:
-                value = entry.get(key)
-                if isinstance(value, str) and value.strip():
-                    urls.append(value.strip())
-                    break
-    return urls
+    if not isinstance(images, list):
+        return []
+    urls = (_entry_url(entry) for entry in images)
+    return [url for url in urls if url]
 
 
-def failure_message(diffusion: Mapping[str, Any]) -> str:
-    """The reason a diffusion failed, as the service put it, or its status when it gave none."""
+def web_image_urls(diffusion: object) -> list[str]:
+    """
+    The image URLs that count as a diffusion's images: http(s) URLs of at most ``MAX_URL_LENGTH``
+    characters (a ``javascript:`` or ``file:`` URL is no image), at most ``MAX_IMAGES`` of them.
+    """
+    urls = (url for url in image_urls(diffusion) if len(url) <= MAX_URL_LENGTH and _is_web_url(url))
+    return list(itertools.islice(urls, MAX_IMAGES))
+
+
+def _entry_url(entry: object) -> str:
+    """The URL of one ``images`` entry, stripped; empty when it holds none."""
+    if isinstance(entry, Mapping):
+        entry = next((entry[key] for key in IMAGE_URL_KEYS if _non_blank(entry.get(key))), None)
+    return entry.strip() if isinstance(entry, str) else ""
+
+
+def _non_blank(value: object) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _is_web_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.netloc)
+
+
+def failure_message(diffusion: object) -> str:
+    """
+    The reason a diffusion failed, as the service put it, or its status when it gave none.
+
+    Whole, for a page that cuts it its own way; messages and events use :func:`failure_reason`.
+    """
     found = _message_from(diffusion)
-    return found or f"diffusion ended with status {diffusion.get('status')!s}"
+    if not found:
+        status = diffusion.get("status") if isinstance(diffusion, Mapping) else None
+        found = f"diffusion ended with status {status!s}"
+    return found
+
+
+def failure_reason(diffusion: object) -> str:
+    """:func:`failure_message` cut to ``TEXT_LIMIT``: a 5 MB reason must not become a 5 MB error or event."""
+    return clip(failure_message(diffusion))
+
+
+def clip(text: str, limit: int = TEXT_LIMIT) -> str:
+    """``text`` cut to ``limit`` characters, saying so, so free text from the service stays bounded."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... [{len(text) - limit} more characters cut]"
+
+
+# ------------------------------------------------------------------------------------ records
+RECORD_TEXT_FIELDS = ("status", "message", "detail", "createdAt", "finishedAt")
+
+
+def _kind(value: object) -> str:
+    """A JSON value's type, in JSON's words (for messages)."""
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
+
+
+def record_problem(record: object) -> str | None:
+    """
+    What is wrong with the types of a diffusion record, or None when every field read is usable.
+
+    The fields the provider reads are checked: ``id`` (a string), the text fields (a string or
+    null), ``error`` (a string, an object or null), ``images`` (a list of strings and objects, a
+    single string or object, or null). Never raises: the caller turns the answer into its error.
+    """
+    if not isinstance(record, dict):
+        return f"the answer is {_kind(record)}, not a JSON object"
+    if "id" in record and not isinstance(record["id"], str):
+        return f"field 'id' is {_kind(record['id'])}, expected a string"
+    for name in RECORD_TEXT_FIELDS:
+        if record.get(name) is not None and not isinstance(record[name], str):
+            return f"field {name!r} is {_kind(record[name])}, expected a string"
+    error = record.get("error")
+    if error is not None and not isinstance(error, (str, dict)):
+        return f"field 'error' is {_kind(error)}, expected a string or an object"
+    images = record.get("images")
+    if images is None or isinstance(images, (str, dict)):
+        return None
+    if not isinstance(images, list):
+        return f"field 'images' is {_kind(images)}, expected a list"
+    for position, entry in enumerate(images):
+        if not isinstance(entry, (str, dict)):
+            return f"field 'images[{position}]' is {_kind(entry)}, expected a URL string or an object"
+    return None
+
+
+def bounded_record(record: Mapping[str, Any], limit: int = RECORD_LIMIT) -> dict[str, Any]:
+    """
+    A record small enough for XCom or a trigger event: as it is when its JSON fits in ``limit``
+    bytes, else cut to ``id``, ``status``, ``finishedAt``, the failure reason (clipped) and the
+    normalised image URLs, with a ``truncated`` note saying so.
+    """
+    try:
+        size = len(json.dumps(record, default=str).encode())
+    except (TypeError, ValueError, RecursionError):
+        size = limit + 1
+    if size <= limit:
+        return dict(record)
+    kept: dict[str, Any] = {
+        name: record[name] for name in ("id", "status", "finishedAt") if isinstance(record.get(name), str)
+    }
+    kept = {name: clip(value, MAX_ID_LENGTH) for name, value in kept.items()}
+    if classify(record.get("status")) == "failed":
+        kept["error"] = failure_reason(record)
+    kept["images"] = web_image_urls(record)
+    kept["truncated"] = (
+        f"the record was {size} bytes, over the {limit}-byte cap: only id, status, finishedAt, "
+        "the failure reason and the image URLs were kept"
+    )
+    return kept
+
+
+# ------------------------------------------------------------------------------------ secrets
+def secret_forms(secret: str) -> tuple[str, ...]:
+    """
+    The forms a secret may take in text a library or a service printed: as it is, ``repr``- and
+    JSON-escaped (``\\/`` included), and percent-encoded; longest first, so a longer form is replaced whole.
+    """
+    raw = secret.encode("utf-8", "surrogatepass")  # quote() refuses a lone surrogate as text
+    forms = {
+        secret,
+        repr(secret)[1:-1],
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        json.dumps(secret)[1:-1].replace("/", "\\/"),  # JSON may escape "/" (PHP does)
+        quote(raw, safe=""),
+        quote_plus(raw, safe=""),
+    }
+    return tuple(sorted((form for form in forms if form), key=len, reverse=True))
+
+
+def scrub(text: str, secrets: tuple[str, ...]) -> str:
+    """``text`` with every form in ``secrets`` (see :func:`secret_forms`) replaced by ``***``."""
+    for form in secrets:
+        if form in text:
+            text = text.replace(form, "***")
+    return text
+
+
+def scrub_value(value: Any, secrets: tuple[str, ...]) -> Any:
+    """A JSON value with every string in it (keys included) scrubbed, for records from the service."""
+    if not secrets:
+        return value
+    if isinstance(value, str):
+        return scrub(value, secrets)
+    if isinstance(value, list):
+        return [scrub_value(item, secrets) for item in value]
+    if isinstance(value, dict):
+        return {scrub(str(key), secrets): scrub_value(item, secrets) for key, item in value.items()}
+    return value
 
 
 # ------------------------------------------------------------------------------------ connection
@@ -262,11 +434,41 @@ def diffusion_path(diffusion_id: str) -> str:
     return f"{DIFFUSIONS_PATH}/{quote(diffusion_id, safe='')}"
 
 
+def id_problem(diffusion_id: object) -> str | None:
+    """
+    Why a value is no usable diffusion id, or None when it is one.
+
+    An id becomes a URL path segment and a file name: ``.`` and ``..`` would change the path,
+    control characters and whitespace have no place in it, and the service's ids are short.
+    Surrounding whitespace (a rendered template's newline) is allowed; the caller strips it.
+    """
+    if not isinstance(diffusion_id, str):
+        return f"it is {_kind(diffusion_id)}, not a string"
+    text = diffusion_id.strip()
+    if not text:
+        return "it is empty or blank"
+    if text in (".", ".."):
+        return "it is a path segment ('.' or '..')"
+    if len(text) > MAX_ID_LENGTH:
+        return f"it is {len(text)} characters long, over the {MAX_ID_LENGTH}-character cap"
+    if any(char.isspace() or unicodedata.category(char)[0] == "C" for char in text):
+        return "it holds whitespace or a control character"
+    return None
+
+
 def check_diffusion_id(diffusion_id: object) -> str:
-    """A diffusion id must be a non-blank string."""
+    """
+    A diffusion id, checked (:func:`id_problem`) and stripped.
+
+    :raises ValueError: naming the (clipped) value and what is wrong with it.
+    """
+    problem = id_problem(diffusion_id)
+    shown = clip(repr(diffusion_id), 80)
     if not isinstance(diffusion_id, str) or not diffusion_id.strip():
-        raise ValueError(f"diffusion_id must be a non-empty string, got {diffusion_id!r}.")
-    return diffusion_id.strip()
+        raise ValueError(f"diffusion_id must be a non-empty string, got {shown}.")
+    if problem is not None:
+        raise ValueError(f"diffusion_id {shown} is not a usable id: {problem}.")
+    return str(diffusion_id).strip()
 
 
 def check_prompt(prompt: object) -> str:
@@ -275,6 +477,11 @@ def check_prompt(prompt: object) -> str:
         raise TypeError(f"prompt must be a string, got {type(prompt).__name__}: {prompt!r}.")
     if not prompt.strip():
         raise ValueError(f"prompt must not be empty or blank, got {prompt!r}.")
+    if len(prompt) > MAX_PROMPT_LENGTH:
+        raise ValueError(
+            f"prompt is {len(prompt)} characters long, over the {MAX_PROMPT_LENGTH}-character cap: "
+            f"{clip(prompt, 60)!r}."
+        )
     return prompt
 
 
@@ -315,6 +522,17 @@ def check_positive(name: str, value: object) -> float:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a positive number of seconds, got {value!r}.")
     return float(value)
+
+
+def check_poll_interval(value: object, name: str = "poll_interval") -> float:
+    """A poll interval: a positive number of seconds, at least ``MIN_POLL_INTERVAL`` (no busy loop)."""
+    seconds = check_positive(name, value)
+    if seconds < MIN_POLL_INTERVAL:
+        raise ValueError(
+            f"{name} must be at least {MIN_POLL_INTERVAL:g} s, got {value!r}: "
+            "shorter would poll the API in a busy loop."
+        )
+    return seconds
 
 
 def check_max_poll_interval(max_poll_interval: object, poll_interval: float) -> float | None:
@@ -384,17 +602,18 @@ def _message_from(body: object) -> str:
     return ""
 
 
-def error_message(status_code: int | None, text: str) -> str:
+def error_message(status_code: int | None, text: str, secrets: tuple[str, ...] = ()) -> str:
     """
     A readable error from a response: the message the body holds, else the (truncated) text.
 
-    Always carries the HTTP status, so ``"HTTP 401: Invalid API key"``.
+    Always carries the HTTP status, so ``"HTTP 401: Invalid API key"``. ``secrets`` are scrubbed
+    before the text is cut, so no part of a key survives a cut through it.
     """
     try:
         body = json.loads(text) if text else None
-    except ValueError:
+    except (ValueError, RecursionError):
         body = None
-    message = _message_from(body) or " ".join(text.split())
+    message = scrub(_message_from(body) or " ".join(text.split()), secrets)
     if len(message) > MESSAGE_LIMIT:
         message = message[:MESSAGE_LIMIT] + "..."
     prefix = f"HTTP {status_code}" if status_code is not None else "No response"
@@ -421,24 +640,32 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, seconds)
 
 
-def read_response(status_code: int, body: str | bytes, retry_after: str | None = None) -> Attempt:
-    """Turn an HTTP answer into an ``Attempt``: a JSON object on 2xx, else a described failure."""
+def read_response(
+    status_code: int, body: str | bytes, retry_after: str | None = None, secrets: tuple[str, ...] = ()
+) -> Attempt:
+    """
+    Turn an HTTP answer into an ``Attempt``: a JSON object on 2xx, else a described failure.
+
+    Every ``secrets`` form is scrubbed from the object and the message (a service that echoes the
+    ``Authorization`` header must not put the key into records, logs or errors). Never raises.
+    """
     if 200 <= status_code < 300:
         try:
-            data = json.loads(body)
-        except ValueError:
+            data = scrub_value(json.loads(body), secrets)
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than Python recurses
             data = None
         if isinstance(data, dict):
             return Attempt(data=data, status_code=status_code)
         return Attempt(
             failure="bad_body",
             status_code=status_code,
-            message=f"HTTP {status_code} with a body that is not a JSON object: {_text(body)[:80]!r}",
+            message=f"HTTP {status_code} with a body that is not a JSON object: "
+            f"{scrub(_text(body), secrets)[:80]!r}",
         )
     return Attempt(
         failure="http",
         status_code=status_code,
-        message=error_message(status_code, _text(body)),
+        message=error_message(status_code, _text(body), secrets),
         retry_after=parse_retry_after(retry_after),
     )
 

@@ -8,7 +8,25 @@ credits, and a typo should fail the DAG file, not a run.
 
 from __future__ import annotations
 
-__all__ = ["check_count", "is_template", "known_deep", "known_now"]
+import contextlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+__all__ = ["check_count", "is_template", "known_deep", "known_now", "task_named"]
+
+
+@contextlib.contextmanager
+def task_named(task_id: str) -> Iterator[None]:
+    """
+    Prefix a ``TypeError``/``ValueError`` raised inside with the task id, so an author with many
+    tasks in one DAG file sees which one holds the bad value.
+    """
+    try:
+        yield
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"Task {task_id!r}: {err}") from None
 
 
 def is_template(value: object) -> bool:

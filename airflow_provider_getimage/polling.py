@@ -31,6 +31,7 @@ __all__ = [
     "DiffusionWatch",
     "Outcome",
     "Poll",
+    "checked_record",
     "diffusion_failed",
     "push_finished",
     "result_from_event",
@@ -98,11 +99,16 @@ class DiffusionWatch:
             return self.judge_error(err)
         return self.judge(record)
 
-    def judge(self, record: dict[str, Any]) -> Poll:
+    def judge(self, record: object) -> Poll:
         """
         Judge a polled record: a status change is logged once (INFO), an unknown status once
-        (WARNING), every other poll at DEBUG.
+        (WARNING), every other poll at DEBUG. A record whose fields have the wrong types ends the
+        wait (``error``): it names the field, where reading on would raise a raw ``TypeError``.
         """
+        try:
+            record = checked_record(record, self.diffusion_id)
+        except GetImageError as err:
+            return Poll("error", error=err)
         status = record.get("status")
         previous = self.status.last
         changed, newly_unknown = self.status.observe(status)
@@ -110,7 +116,7 @@ class DiffusionWatch:
             self.log.warning(
                 "Diffusion %s reports status %r, which this provider does not know; treating it as running.",
                 self.diffusion_id,
-                status,
+                self.status.last,
             )
         if changed:
             self.log.info(
@@ -179,9 +185,24 @@ class DiffusionWatch:
         return GetImageTimeoutError(self.timeout_message(when), diffusion_id=self.diffusion_id)
 
 
+def checked_record(record: object, diffusion_id: str | None) -> dict[str, Any]:
+    """
+    A diffusion record whose fields have the types the provider reads (``_rules.record_problem``).
+
+    :raises GetImageError: naming the field and the diffusion (not transient: the service sent it).
+    """
+    problem = _rules.record_problem(record)
+    if problem is not None:
+        raise GetImageError(
+            f"Diffusion {diffusion_id or '<unknown>'}: GetImage.io sent an unusable record: {problem}.",
+            diffusion_id=diffusion_id,
+        )
+    return record  # type: ignore[return-value]  # record_problem checked it is a dict
+
+
 def diffusion_failed(diffusion_id: str, record: Mapping[str, Any]) -> GetImageDiffusionFailed:
-    """The error for a diffusion that ended in a terminal failure status."""
-    status, reason = record.get("status"), _rules.failure_message(record)
+    """The error for a diffusion that ended in a terminal failure status (its reason clipped)."""
+    status, reason = _rules.clip(str(record.get("status")), 100), _rules.failure_reason(record)
     return GetImageDiffusionFailed(
         f"Diffusion {diffusion_id} ended with status {status}: {reason}",
         diffusion_id=diffusion_id,
@@ -194,11 +215,12 @@ def push_finished(context: Context, log: Any, diffusion_id: str, record: dict[st
 
     Shared by the operator and the sensor; both also (re)push ``diffusion_id``, so a downstream
     ``GetImageDownloadOperator`` can name the images after their diffusion. A FINISHED record with
-    no image URL fails the task: downstream steps would otherwise run on nothing.
+    no image URL fails the task: downstream steps would otherwise run on nothing. The record is
+    stored bounded (``_rules.bounded_record``), the URLs checked and capped (``_rules.web_image_urls``).
     """
     context["ti"].xcom_push(key="diffusion_id", value=diffusion_id)
-    context["ti"].xcom_push(key="diffusion", value=record)
-    urls = _rules.image_urls(record)
+    context["ti"].xcom_push(key="diffusion", value=_rules.bounded_record(record))
+    urls = _rules.web_image_urls(record)
     if not urls:
         raise GetImageError(
             f"Diffusion {diffusion_id} is FINISHED but lists no image URL; "
@@ -219,7 +241,7 @@ def result_from_event(event: Mapping[str, Any] | None) -> dict[str, Any]:
     if not event or "status" not in event:
         raise GetImageError(f"The GetImage.io trigger sent no usable event: {event!r}")
     diffusion_id = str(event.get("diffusion_id") or "<unknown>")
-    message = str(event.get("message") or "")
+    message = _rules.clip(str(event.get("message") or ""))
     status = event["status"]
     if status == "success" and isinstance(event.get("diffusion"), dict):
         return dict(event["diffusion"])

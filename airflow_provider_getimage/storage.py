@@ -19,6 +19,7 @@ holds either the previous file or the whole new one, never a part:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import mimetypes
 import os
 import posixpath
@@ -76,6 +77,8 @@ _EXTENSIONS = {
     "image/svg+xml": "svg",
 }
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+STEM_LIMIT = 120
+"""Longest safe stem kept before its hash: file names stay well under the usual 255-byte limit."""
 
 
 # ------------------------------------------------------------------------------------- inputs
@@ -159,8 +162,16 @@ def diffusion_ids(diffusion_id: object, batches: int) -> list[str]:
 
 
 def safe_stem(text: str) -> str:
-    """A file-name-safe form of an id: no separators, no leading dot (``../x`` becomes ``x``)."""
-    return _UNSAFE.sub("_", text).strip("._") or "image"
+    """
+    A file-name-safe form of an id: no separators, no leading dot (``../x`` becomes ``x_<hash>``).
+
+    When the safe form differs from the id, a short hash of the id is added: ``a/b`` and ``a?b``
+    would otherwise both become ``a_b`` and overwrite each other in a folder tasks share.
+    """
+    stem = _UNSAFE.sub("_", text).strip("._")[:STEM_LIMIT] or "image"
+    if stem == text:
+        return stem
+    return f"{stem}_{hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
 
 def extension(content_type: str) -> str:

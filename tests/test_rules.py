@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import json
 import subprocess
 import sys
 import time
@@ -358,3 +359,162 @@ def test_rules_import_no_airflow() -> None:
         "sys.exit(any(m == 'airflow' or m.startswith('airflow.') for m in sys.modules))"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+# ------------------------------------------------------------------------------ hostile answers
+KEY = "sk-live/secret+key=1"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (f"Bearer {KEY}", "Bearer ***"),
+        (f"echo: {KEY!r}", "echo: '***'"),
+        ('{"auth": "Bearer sk-live\\/secret+key=1"}', '{"auth": "Bearer ***"}'),
+        ("Authorization=Bearer%20sk-live%2Fsecret%2Bkey%3D1", "Authorization=Bearer%20***"),
+        ("q=sk-live%2Fsecret%2Bkey%3D1&x", "q=***&x"),
+        ("no key here", "no key here"),
+    ],
+)
+def test_scrub_removes_every_form_of_the_key(text: str, expected: str) -> None:
+    assert _rules.scrub(text, _rules.secret_forms(KEY)) == expected
+
+
+def test_scrub_json_escaped_key() -> None:
+    key = 'k"ey\\with-quote'
+    text = json.dumps({"echo": f"Bearer {key}"})
+    assert key not in json.loads(_rules.scrub(text, _rules.secret_forms(key)))["echo"]
+
+
+def test_scrub_value_reaches_every_string_and_key() -> None:
+    record = {"id": "d1", KEY: [f"Bearer {KEY}", {"deep": KEY}], "n": 5}
+    assert _rules.scrub_value(record, _rules.secret_forms(KEY)) == {
+        "id": "d1",
+        "***": ["Bearer ***", {"deep": "***"}],
+        "n": 5,
+    }
+
+
+def test_read_response_scrubs_records_and_error_messages_before_cutting() -> None:
+    secrets = _rules.secret_forms(KEY)
+    ok = _rules.read_response(200, json.dumps({"id": "d1", "message": f"Bearer {KEY}"}), secrets=secrets)
+    assert ok.data == {"id": "d1", "message": "Bearer ***"}
+    # The key straddles the 300-character cut: scrubbed first, so no part of it survives.
+    body = "x" * 290 + f"Bearer {KEY}"
+    failed = _rules.read_response(500, body, secrets=secrets)
+    assert KEY[:8] not in failed.message
+    assert "***" in failed.message
+    escaped = _rules.read_response(401, json.dumps({"error": {"message": f"bad key {KEY}"}}), secrets=secrets)
+    assert escaped.message == "HTTP 401: bad key ***"
+
+
+def test_read_response_survives_deep_nesting() -> None:
+    attempt = _rules.read_response(200, "[" * 100_000 + "]" * 100_000)
+    assert attempt.failure == "bad_body"
+
+
+@pytest.mark.parametrize(
+    ("record", "problem"),
+    [
+        ({"id": "d1", "status": "FINISHED", "images": ["https://x/1.png"]}, None),
+        ({"id": "d1", "images": None, "error": None}, None),
+        ({"id": "d1", "images": {"url": "https://x/1.png"}}, None),
+        ({"images": 5}, "field 'images' is a number, expected a list"),
+        ({"status": {}}, "field 'status' is an object, expected a string"),
+        ({"id": 7}, "field 'id' is a number, expected a string"),
+        ({"images": ["https://x", 3]}, "field 'images[1]' is a number, expected a URL string or an object"),
+        ({"images": [None]}, "field 'images[0]' is null, expected a URL string or an object"),
+        ({"error": []}, "field 'error' is a list, expected a string or an object"),
+        ({"message": True}, "field 'message' is a boolean, expected a string"),
+        ({"finishedAt": 1700000000}, "field 'finishedAt' is a number, expected a string"),
+        ([], "the answer is a list, not a JSON object"),
+        ("FINISHED", "the answer is a string, not a JSON object"),
+    ],
+)
+def test_record_problem(record: Any, problem: str | None) -> None:
+    assert _rules.record_problem(record) == problem
+
+
+@pytest.mark.parametrize(
+    ("images", "expected"),
+    [
+        (["javascript:alert(1)", "https://x/1.png"], ["https://x/1.png"]),
+        (["file:///etc/passwd", {"url": "data:image/png;base64,AA"}], []),
+        (["//x/1.png", "ftp://x/1.png", "HTTP://X/1.png"], ["HTTP://X/1.png"]),
+        ([f"https://x/{'a' * _rules.MAX_URL_LENGTH}"], []),
+        ([f"https://x/{n}.png" for n in range(150)], [f"https://x/{n}.png" for n in range(100)]),
+        (5, []),
+        ([5, None, ["https://x/1.png"]], []),
+    ],
+)
+def test_web_image_urls_only_web_urls_and_capped(images: Any, expected: list[str]) -> None:
+    assert _rules.web_image_urls({"images": images}) == expected
+
+
+def test_image_urls_never_raises_on_wrong_types() -> None:
+    assert _rules.image_urls({"images": 5}) == []
+    assert _rules.image_urls({"images": [5, None, {"url": 3}, "javascript:x"]}) == ["javascript:x"]
+    assert _rules.image_urls([]) == []
+
+
+def test_failure_reason_is_clipped() -> None:
+    message = _rules.failure_reason({"status": "FAILED", "message": "x" * 5_000_000})
+    assert len(message) < _rules.TEXT_LIMIT + 100
+    assert message.endswith("more characters cut]")
+
+
+def test_bounded_record_keeps_small_records_and_cuts_big_ones() -> None:
+    small = {"id": "d1", "status": "FINISHED", "images": ["https://x/1.png"], "extra": "y"}
+    assert _rules.bounded_record(small) == small
+    big = {**small, "blob": "z" * 200_000}
+    cut = _rules.bounded_record(big)
+    assert (cut["id"], cut["status"], cut["images"]) == ("d1", "FINISHED", ["https://x/1.png"])
+    assert "blob" not in cut
+    assert "65536-byte cap" in cut["truncated"]
+    assert len(json.dumps(cut)) < _rules.RECORD_LIMIT
+    failed = _rules.bounded_record({"id": "d1", "status": "FAILED", "message": "m" * 100_000})
+    assert failed["error"].startswith("m" * 100)
+    assert len(failed["error"]) < _rules.TEXT_LIMIT + 100
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("636f02e3-2df1-11ee-91eb-ba334091ec99", None),
+        (" d1\n", None),
+        (".", "it is a path segment ('.' or '..')"),
+        ("..", "it is a path segment ('.' or '..')"),
+        ("a b", "it holds whitespace or a control character"),
+        ("a\x00b", "it holds whitespace or a control character"),
+        ("a\u200bb", "it holds whitespace or a control character"),
+        ("a\tb", "it holds whitespace or a control character"),
+        ("x" * 201, "it is 201 characters long, over the 200-character cap"),
+        ("x" * 200, None),
+        ("", "it is empty or blank"),
+        (7, "it is a number, not a string"),
+        (None, "it is null, not a string"),
+    ],
+)
+def test_id_problem(value: Any, problem: str | None) -> None:
+    assert _rules.id_problem(value) == problem
+
+
+@pytest.mark.parametrize("value", [".", "..", "a\nb", "a b", "x" * 201, "", None])
+def test_check_diffusion_id_refuses(value: Any) -> None:
+    with pytest.raises(ValueError, match="diffusion_id"):
+        _rules.check_diffusion_id(value)
+
+
+def test_check_prompt_caps_the_length() -> None:
+    assert _rules.check_prompt("p" * _rules.MAX_PROMPT_LENGTH)
+    with pytest.raises(ValueError, match="10001 characters long, over the 10000-character cap"):
+        _rules.check_prompt("p" * (_rules.MAX_PROMPT_LENGTH + 1))
+
+
+@pytest.mark.parametrize(("value", "ok"), [(0.05, True), (0.1, True), (5, True), (0.01, False), (0.0, False)])
+def test_check_poll_interval_has_a_floor(value: float, ok: bool) -> None:
+    if ok:
+        assert _rules.check_poll_interval(value) == value
+    else:
+        with pytest.raises(ValueError, match="poll_interval"):
+            _rules.check_poll_interval(value)

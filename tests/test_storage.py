@@ -8,6 +8,7 @@ since the emulator keeps its image route clean.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -206,7 +207,8 @@ def test_extension_and_safe_name(image_server: ImageServer, tmp_path: Path) -> N
     url = image_server.script("/a", Answer(body=b"\xff\xd8jpeg", content_type="image/jpeg; charset=binary"))
     with store(str(tmp_path)) as images:
         uri = images.save(url, "../../etc/passwd:1", 2)
-    assert uri == f"file://{tmp_path}/etc_passwd_1_2.jpg", "a hostile id cannot leave the folder"
+    digest = hashlib.sha256(b"../../etc/passwd:1").hexdigest()[:8]  # the id changed: its hash is added
+    assert uri == f"file://{tmp_path}/etc_passwd_1_{digest}_2.jpg", "a hostile id cannot leave the folder"
 
 
 def test_no_credentials_even_from_netrc_or_after_a_redirect(

@@ -48,7 +48,7 @@ from airflow_provider_getimage.hooks.transport import (
     read_body_async,
     requests_failure,
 )
-from airflow_provider_getimage.polling import DiffusionWatch
+from airflow_provider_getimage.polling import DiffusionWatch, checked_record
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -85,19 +85,28 @@ class _HookMixin:
 
     @staticmethod
     def image_urls(diffusion: Mapping[str, Any]) -> list[str]:
-        """The image URLs of a finished diffusion record (strings or objects, normalised)."""
-        return _rules.image_urls(diffusion)
+        """The image URLs of a finished record (strings or objects normalised; http(s) only, capped)."""
+        return _rules.web_image_urls(diffusion)
 
     @staticmethod
     def _checked_submission(record: dict[str, Any], model: str, log: Any) -> dict[str, Any]:
-        """A submission's answer must hold the new id; it was charged, so it is never resent."""
-        diffusion_id = record.get("id")
-        if not isinstance(diffusion_id, str) or not diffusion_id:
+        """
+        A submission's answer must hold a usable new id and well-typed fields; the diffusion may
+        exist and was charged either way, so a bad answer is never resent.
+        """
+        problem = _rules.record_problem(record)
+        if problem is None and "id" not in record:
+            problem = "it holds no diffusion id"
+        elif problem is None and (id_problem := _rules.id_problem(record["id"])) is not None:
+            problem = f"its diffusion id {_rules.clip(repr(record['id']), 80)} is not usable: {id_problem}"
+        if problem is not None:
             raise GetImageSubmitUncertainError(
-                "GetImage.io accepted the submission but its answer holds no diffusion id; "
-                "it was not submitted again."
+                f"GetImage.io accepted the submission but its answer is unusable: {problem}. The "
+                "diffusion may exist and was charged; it was not submitted again. Check your "
+                "GetImage.io account before retrying."
             )
-        log.info("Submitted diffusion %s (model %s)", diffusion_id, model)
+        record = {**record, "id": record["id"].strip()}
+        log.info("Submitted diffusion %s (model %s)", record["id"], model)
         return record
 
 
@@ -223,7 +232,9 @@ class GetImageHook(_HookMixin, HttpHook):
                 raw = read_body(response, settings, deadline=deadline, timeout=settings.timeout)
             except AnswerCut as cut:
                 return cut.attempt
-        attempt = _rules.read_response(response.status_code, raw, response.headers.get("Retry-After"))
+        attempt = _rules.read_response(
+            response.status_code, raw, response.headers.get("Retry-After"), settings.secrets
+        )
         return attempt.data if attempt.data is not None else attempt
 
     def _request(
@@ -261,7 +272,8 @@ class GetImageHook(_HookMixin, HttpHook):
         """
         diffusion_id = _rules.check_diffusion_id(diffusion_id)
         path = _rules.diffusion_path(diffusion_id)
-        return self._request("GET", path, diffusion_id=diffusion_id, deadline=deadline)
+        record = self._request("GET", path, diffusion_id=diffusion_id, deadline=deadline)
+        return checked_record(record, diffusion_id)
 
     def wait_for_diffusion(
         self,
@@ -280,7 +292,7 @@ class GetImageHook(_HookMixin, HttpHook):
         :raises GetImageDiffusionFailed: on a terminal failure status, with the service's message.
         :raises GetImageTimeoutError: when ``timeout`` seconds pass first (the diffusion may still finish).
         """
-        poll_interval = _rules.check_positive("poll_interval", poll_interval)
+        poll_interval = _rules.check_poll_interval(poll_interval)
         timeout = _rules.check_positive("timeout", timeout)
         max_poll_interval = _rules.check_max_poll_interval(max_poll_interval, poll_interval)
         watch = DiffusionWatch(diffusion_id, self.log, end_time=time.time() + timeout)
@@ -390,7 +402,9 @@ class GetImageAsyncHook(_HookMixin, HttpAsyncHook):
                 method, settings.base_url + path, json=body, allow_redirects=False
             ) as response:
                 raw = await read_body_async(response, settings)  # bytes: json.loads needs no charset guess
-                attempt = _rules.read_response(response.status, raw, response.headers.get("Retry-After"))
+                attempt = _rules.read_response(
+                    response.status, raw, response.headers.get("Retry-After"), settings.secrets
+                )
         except (TimeoutError, aiohttp.ClientError) as exc:
             return aiohttp_failure(exc, settings.timeout)
         except AnswerCut as cut:
@@ -428,4 +442,5 @@ class GetImageAsyncHook(_HookMixin, HttpAsyncHook):
         """
         diffusion_id = _rules.check_diffusion_id(diffusion_id)
         path = _rules.diffusion_path(diffusion_id)
-        return await self._request("GET", path, diffusion_id=diffusion_id, deadline=deadline)
+        record = await self._request("GET", path, diffusion_id=diffusion_id, deadline=deadline)
+        return checked_record(record, diffusion_id)

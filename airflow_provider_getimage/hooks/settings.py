@@ -7,6 +7,8 @@ extras) are written once for the sync and the async hook, and testable without e
 
 from __future__ import annotations
 
+import functools
+import unicodedata
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -41,11 +43,21 @@ class ApiSettings:
     verify: bool | str
     max_response_bytes: int = _rules.DEFAULT_MAX_RESPONSE_BYTES
 
+    @functools.cached_property
+    def secrets(self) -> tuple[str, ...]:
+        """The key in every form a service or a library may print it (``_rules.secret_forms``)."""
+        if len(self.api_key) < MIN_SCRUBBED_KEY:
+            return ()
+        return _rules.secret_forms(self.api_key)
+
     def scrub(self, text: str) -> str:
-        """``text`` with this connection's API key replaced by ``***`` (for messages from the service)."""
-        if len(self.api_key) >= MIN_SCRUBBED_KEY:
-            return text.replace(self.api_key, "***")
-        return text
+        """
+        ``text`` with this connection's API key replaced by ``***``, escaped forms included.
+
+        The one scrubber: the hooks pass every error and retry line through it, and every answer
+        through ``_rules.read_response`` with :attr:`secrets`, so nothing downstream sees the key.
+        """
+        return _rules.scrub(text, self.secrets)
 
 
 def settings_from_connection(
@@ -60,6 +72,13 @@ def settings_from_connection(
         raise GetImageError(
             f"Connection {conn_id!r} has no API key: put the GetImage.io API key in its password field."
         )
+    key = password.strip()
+    if any(char.isspace() or unicodedata.category(char)[0] == "C" for char in key):
+        # Never sent: a line break would make requests print the header, key included.
+        raise GetImageError(
+            f"Connection {conn_id!r}: the API key (password) holds a line break, a control character "
+            "or inner whitespace, so it cannot be sent in a header; paste it again as one line."
+        )
     try:
         url = _rules.base_url(host, port)
         timeout = _rules.parse_timeout(_rules.extra_value(extra, "request_timeout"))
@@ -70,7 +89,7 @@ def settings_from_connection(
     return ApiSettings(
         conn_id=conn_id,
         base_url=url,
-        api_key=password.strip(),
+        api_key=key,
         default_model=str(model).strip() if model else _rules.DEFAULT_MODEL,
         timeout=timeout,
         verify=_rules.parse_verify(_rules.extra_value(extra, "verify")),

@@ -259,6 +259,7 @@ class Retries:
     :param log: the caller's logger; each retry is logged once at INFO, with its wait.
     :param give_up: builds the error for the last failed attempt, given the number of attempts.
     :param deadline: epoch seconds after which no new attempt starts (a wait's own deadline).
+    :param scrub: cleans a message before it is logged (``ApiSettings.scrub`` for API calls).
     """
 
     method: str
@@ -269,6 +270,7 @@ class Retries:
     deadline: float | None = None
     rng: random.Random = JITTER
     attempts: int = 0
+    scrub: Callable[[str], str] = str
 
     def wait_after(self, attempt: Attempt) -> float:
         """Seconds to wait before trying again after a failed ``attempt``; raises once it is final."""
@@ -279,7 +281,7 @@ class Retries:
         self.log.info(
             "%s: %s; retry %d of %d in %.1f s",
             self.what,
-            attempt.message,
+            self.scrub(attempt.message),
             self.attempts,
             self.policy.max_attempts - 1,
             wait,
@@ -301,7 +303,9 @@ def api_retries(
     def give_up(attempt: Attempt, attempts: int) -> GetImageError:
         return api_error(method, path, attempt, attempts, settings, diffusion_id)
 
-    return Retries(method, f"GetImage.io {method} {path}", policy, log, give_up, deadline)
+    return Retries(
+        method, f"GetImage.io {method} {path}", policy, log, give_up, deadline, scrub=settings.scrub
+    )
 
 
 def call_with_retries(send: Callable[[], T | Attempt], retries: Callable[[], Retries]) -> T:

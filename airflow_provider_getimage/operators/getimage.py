@@ -16,7 +16,7 @@ from airflow.providers.common.compat.sdk import BaseOperator, ResumableJobMixin,
 from airflow_provider_getimage import _rules
 from airflow_provider_getimage.exceptions import GetImageNotFoundError
 from airflow_provider_getimage.hooks.getimage import GetImageHook
-from airflow_provider_getimage.inputs import known_now
+from airflow_provider_getimage.inputs import known_now, task_named
 from airflow_provider_getimage.links.getimage import GetImageImagesLink
 from airflow_provider_getimage.operators.download import GetImageDownloadOperator
 from airflow_provider_getimage.polling import DiffusionWatch, push_finished, result_from_event
@@ -86,13 +86,18 @@ class GetImageDiffusionOperator(ResumableJobMixin, BaseOperator):
         self.deferrable = deferrable
         self._submission: dict[str, Any] | None = None
         self._result: list[str] | str | None = None
-        self.poll_interval = _rules.check_positive("poll_interval", poll_interval)
-        self.timeout = _rules.check_positive("timeout", timeout)
-        self.max_poll_interval = _rules.check_max_poll_interval(max_poll_interval, self.poll_interval)
+        with task_named(self.task_id):
+            self.poll_interval = _rules.check_poll_interval(poll_interval)
+            self.timeout = _rules.check_positive("timeout", timeout)
+            self.max_poll_interval = _rules.check_max_poll_interval(max_poll_interval, self.poll_interval)
         self._check_inputs(at_parse_time=True)
 
     def _check_inputs(self, at_parse_time: bool = False) -> tuple[str, str | None, dict[str, Any]]:
         """Check prompt, model, parameters and conn id; at parse time only the values already final."""
+        with task_named(self.task_id):
+            return self._checked_inputs(at_parse_time)
+
+    def _checked_inputs(self, at_parse_time: bool) -> tuple[str, str | None, dict[str, Any]]:
 
         def final(value: object) -> bool:
             return not at_parse_time or known_now(value)
@@ -152,7 +157,8 @@ class GetImageDiffusionOperator(ResumableJobMixin, BaseOperator):
         diffusion_id = str(external_id)
         context["ti"].xcom_push(key="diffusion_id", value=diffusion_id)
         # The latest record known so far; the final one replaces it when the diffusion finishes.
-        context["ti"].xcom_push(key="diffusion", value=self._submission or {"id": diffusion_id})
+        latest = _rules.bounded_record(self._submission or {"id": diffusion_id})
+        context["ti"].xcom_push(key="diffusion", value=latest)
         if not self.wait_for_completion:
             self._result = diffusion_id
             return diffusion_id
@@ -198,9 +204,9 @@ class GetImageDiffusionOperator(ResumableJobMixin, BaseOperator):
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[str]:
         """Resume after the trigger: the image URLs, or a task failure that names the diffusion."""
         record = result_from_event(event)
-        return push_finished(
-            context, self.log, str(record.get("id") or (event or {}).get("diffusion_id")), record
-        )
+        # The trigger's own id (checked when it was built), not whatever the record claims.
+        diffusion_id = str((event or {}).get("diffusion_id") or record.get("id"))
+        return push_finished(context, self.log, diffusion_id, record)
 
     def on_kill(self) -> None:
         """GetImage.io has no cancel call: say which diffusion keeps running, close the session."""

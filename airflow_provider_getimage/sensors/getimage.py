@@ -18,6 +18,7 @@ from airflow.providers.common.compat.sdk import (
 from airflow_provider_getimage import _rules
 from airflow_provider_getimage.exceptions import GetImageTimeoutError
 from airflow_provider_getimage.hooks.getimage import GetImageHook
+from airflow_provider_getimage.inputs import known_now, task_named
 from airflow_provider_getimage.links.getimage import GetImageImagesLink
 from airflow_provider_getimage.polling import DiffusionWatch, push_finished, result_from_event
 from airflow_provider_getimage.triggers.getimage import GetImageDiffusionTrigger
@@ -71,6 +72,9 @@ class GetImageDiffusionSensor(BaseSensorOperator):
         if self.max_poll_interval is not None:
             self.exponential_backoff = True
             self.max_wait = timedelta(seconds=self.max_poll_interval)
+        if known_now(diffusion_id):  # a typo fails the DAG file, not a run
+            with task_named(self.task_id):
+                _rules.check_diffusion_id(diffusion_id)
         self.diffusion_id = diffusion_id
         self.getimage_conn_id = getimage_conn_id
         self.deferrable = deferrable
@@ -114,9 +118,8 @@ class GetImageDiffusionSensor(BaseSensorOperator):
             if done.is_done:
                 return done.xcom_value
             # The latest record, so the extra link has something to read while the task is deferred.
-            context["ti"].xcom_push(
-                key="diffusion", value=self.watch().record or {"id": self._diffusion_id()}
-            )
+            latest = self.watch().record or {"id": self._diffusion_id()}
+            context["ti"].xcom_push(key="diffusion", value=_rules.bounded_record(latest))
         finally:
             self.hook.close()
         timeout = self.timeout.total_seconds() if isinstance(self.timeout, timedelta) else float(self.timeout)

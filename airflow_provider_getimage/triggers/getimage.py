@@ -67,7 +67,7 @@ class GetImageDiffusionTrigger(BaseTrigger):
         super().__init__()
         self.diffusion_id = _rules.check_diffusion_id(diffusion_id)
         self.getimage_conn_id = getimage_conn_id
-        self.poll_interval = _rules.check_positive("poll_interval", poll_interval)
+        self.poll_interval = _rules.check_poll_interval(poll_interval)
         self.end_time = end_time
         self.max_poll_interval = _rules.check_max_poll_interval(max_poll_interval, self.poll_interval)
 
@@ -83,9 +83,14 @@ class GetImageDiffusionTrigger(BaseTrigger):
         return f"{type(self).__module__}.{type(self).__qualname__}", kwargs
 
     def _event(self, status: EventStatus, message: str, record: dict[str, Any] | None = None) -> TriggerEvent:
-        payload: DiffusionEvent = {"status": status, "diffusion_id": self.diffusion_id, "message": message}
+        """The one event, bounded: its message clipped, its record cut to ``_rules.RECORD_LIMIT``."""
+        payload: DiffusionEvent = {
+            "status": status,
+            "diffusion_id": self.diffusion_id,
+            "message": _rules.clip(message),
+        }
         if record is not None:
-            payload["diffusion"] = record
+            payload["diffusion"] = _rules.bounded_record(record)
         return TriggerEvent(payload)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
@@ -116,7 +121,7 @@ class GetImageDiffusionTrigger(BaseTrigger):
         if poll.outcome == "success":
             return self._event("success", f"Diffusion {self.diffusion_id} finished.", poll.record)
         if poll.outcome == "failed":
-            return self._event("failed", _rules.failure_message(poll.record), poll.record)
+            return self._event("failed", _rules.failure_reason(poll.record), poll.record)
         return self._event("error", str(poll.error))
 
 

@@ -128,3 +128,33 @@ def test_bad_connections_fail_before_submitting(
     if connection is not None:
         assert isinstance(info.value, GetImageError)
     assert getimage_emulator.stats()["requests"] == 0, "nothing was sent, so nothing was paid"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"prompt": "p" * 10_001}, r"Task 'generate': prompt is 10001 characters long, over the 10000"),
+        (
+            {"prompt": "x", "poll_interval": 0.01},
+            r"Task 'generate': poll_interval must be at least 0.05 s, got 0.01",
+        ),
+    ],
+)
+def test_operator_caps_name_the_value_and_the_task(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        GetImageDiffusionOperator(task_id="generate", **kwargs)
+
+
+@pytest.mark.parametrize("diffusion_id", ["..", ".", "a b", "a\nb", "x" * 201, ""])
+def test_sensor_checks_a_final_diffusion_id_at_parse_time(diffusion_id: str) -> None:
+    from airflow_provider_getimage.sensors.getimage import GetImageDiffusionSensor
+
+    with pytest.raises(ValueError, match="Task 'wait': diffusion_id"):
+        GetImageDiffusionSensor(task_id="wait", diffusion_id=diffusion_id)
+
+
+def test_sensor_leaves_a_templated_diffusion_id_for_run_time() -> None:
+    from airflow_provider_getimage.sensors.getimage import GetImageDiffusionSensor
+
+    template = "{{ ti.xcom_pull(task_ids='submit', key='diffusion_id') }}"
+    assert GetImageDiffusionSensor(task_id="wait", diffusion_id=template).diffusion_id == template

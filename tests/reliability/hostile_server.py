@@ -1,0 +1,156 @@
+"""
+A hostile HTTP server on loopback: scripted answers per path that a broken or malicious API sends.
+
+Unlike the emulator (a faithful stand-in) and ``tests/image_server.py`` (a misbehaving CDN), this
+server plays an attacker or a broken proxy in front of the API: a body that never ends, a 200 MB
+body, a body that trickles one byte a second, a body that echoes the request's headers (so the
+``Authorization`` header comes back), or any JSON at all. A thread, real sockets, HTTP/1.1.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+__all__ = ["Body", "HostileServer", "Play", "echo_headers", "json_body"]
+
+Body = Literal["whole", "endless", "huge", "trickle"]
+"""
+How the body goes out: ``whole`` (the bytes, with ``Content-Length``), ``endless`` (the bytes
+repeated forever, no length), ``huge`` (200 MB declared and sent as fast as the client reads),
+``trickle`` (one byte a second, no length).
+"""
+HUGE = 200 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Play:
+    """
+    One scripted answer.
+
+    :param status: the HTTP status.
+    :param body: the bytes to send, or a function of the request's headers (to echo them).
+    :param stream: how the body goes out (:data:`Body`).
+    :param content_type: the ``Content-Type`` header.
+    """
+
+    status: int = 200
+    body: bytes | Callable[[dict[str, str]], bytes] = b"{}"
+    stream: Body = "whole"
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def payload(self, request_headers: dict[str, str]) -> bytes:
+        return self.body(request_headers) if callable(self.body) else self.body
+
+
+def json_body(value: Any) -> bytes:
+    """Any JSON value as a body."""
+    return json.dumps(value).encode()
+
+
+def echo_headers(template: Callable[[str], Any]) -> Callable[[dict[str, str]], bytes]:
+    """A body that holds the request's headers (``Authorization`` included), as a careless server's."""
+
+    def body(headers: dict[str, str]) -> bytes:
+        return json_body(template(json.dumps(headers)))
+
+    return body
+
+
+class HostileServer:
+    """Serve a :class:`Play` per path (any method); every request is counted per path."""
+
+    def __init__(self) -> None:
+        self._plays: dict[str, Play] = {}
+        self.hits: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                server._serve(self)
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                server._serve(self)
+
+            def log_message(self, format: str, *args: Any) -> None:  # quiet
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="hostile-server", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> HostileServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._closing.set()  # ends the endless and trickling bodies still being sent
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def play(self, path: str, play: Play) -> str:
+        """Answer ``path`` with ``play`` from now on; returns its URL."""
+        with self._lock:
+            self._plays[path] = play
+        return self.url + path
+
+    def _serve(self, handler: BaseHTTPRequestHandler) -> None:
+        path = handler.path.split("?")[0]
+        with self._lock:
+            self.hits[path] = self.hits.get(path, 0) + 1
+            play = self._plays.get(path, Play(404, json_body({"error": {"message": "unknown path"}})))
+        payload = play.payload(dict(handler.headers.items()))
+        handler.send_response(play.status)
+        handler.send_header("Content-Type", play.content_type)
+        for name, value in play.headers.items():
+            handler.send_header(name, value)
+        if play.stream == "whole":
+            handler.send_header("Content-Length", str(len(payload)))
+        elif play.stream == "huge":
+            handler.send_header("Content-Length", str(HUGE))
+        else:
+            handler.send_header("Connection", "close")  # the body ends when the connection does
+        handler.end_headers()
+        try:
+            for chunk in self._chunks(play.stream, payload):
+                handler.wfile.write(chunk)
+                handler.wfile.flush()
+        except OSError:  # the client gave up: what a bounded client does
+            handler.close_connection = True
+
+    def _chunks(self, stream: Body, payload: bytes) -> Iterator[bytes]:
+        if stream == "whole":
+            yield payload
+            return
+        if stream == "trickle":
+            for byte in payload:
+                if self._closing.wait(1.0):
+                    return
+                yield bytes([byte])
+            return
+        block = (payload or b" ") * max(1, 64 * 1024 // max(1, len(payload)))
+        sent = 0
+        while not self._closing.is_set() and (stream == "endless" or sent < HUGE):
+            piece = block if stream == "endless" else block[: HUGE - sent]
+            sent += len(piece)
+            yield piece
+            if stream == "endless" and sent > 50 * HUGE:  # a safety stop for a client that never stops
+                return
