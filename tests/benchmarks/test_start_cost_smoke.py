@@ -58,10 +58,12 @@ def test_fit_and_targets_are_reported(start_run):
     assert [(row["target_polls"], row["mode"]) for row in summary["rows"]] == [
         (polls, mode) for polls in POLLS for mode in MODES
     ]
+    # At N = 20 the one-off import dominates and a fitted slope may even come out negative: the
+    # smoke test checks the phase's code path and report, never its numbers (benchmarks/README.md).
     for mode in MODES:
-        assert summary["fits"][mode]["per_poll_ms"] > 0, mode
+        assert isinstance(summary["fits"][mode]["per_poll_ms"], float), mode
     assert isinstance(summary["start_cost_ms"], float)
-    assert summary["steady_ratio"] > 0
+    assert isinstance(summary["steady_ratio"], float)
     assert [item["target_polls"] for item in summary["per_length"]] == list(POLLS)
     verdicts = [item["verdict"] for item in start["targets"]]
     assert len(verdicts) == 3
