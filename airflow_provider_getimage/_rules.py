@@ -29,6 +29,7 @@ __all__ = [
     "Attempt",
     "RetryPolicy",
     "StatusWatch",
+    "TokenBucket",
     "base_url",
     "bounded_record",
     "check_diffusion_id",
@@ -748,3 +749,45 @@ def error_kind(method: str, attempt: Attempt) -> ErrorKind:
     if method.upper() == "POST" and (lost_answer or broken_answer):
         return "ambiguous_submit"
     return "request"
+
+
+# ---------------------------------------------------------------------------------------- pacing
+class TokenBucket:
+    """
+    A request budget: ``rate`` tokens a second, at most ``burst`` saved up; the clock is the caller's.
+
+    Pure (no sleeping, no clock of its own), so the worker's submissions, the batch trigger's polls
+    and a connection's shared limiter pace themselves by one rule, and tests drive it with numbers.
+    ``take`` books a token and says how long the caller must wait before using it; booking ahead
+    keeps callers in the order they asked. ``pause_until`` holds every token back (a 429's
+    ``Retry-After`` for all of a connection's requests, not only the one that got it).
+    """
+
+    __slots__ = ("_next", "_paused_until", "burst", "rate")
+
+    def __init__(self, rate: float, burst: float = 1.0) -> None:
+        if not (math.isfinite(rate) and rate > 0):
+            raise ValueError(f"rate must be a positive number of requests a second, got {rate!r}")
+        if not (math.isfinite(burst) and burst >= 1):
+            raise ValueError(f"burst must be at least 1, got {burst!r}")
+        self.rate = float(rate)
+        self.burst = float(burst)
+        self._next = -math.inf
+        """When the next token is free; ``burst`` tokens before that are saved up."""
+        self._paused_until = -math.inf
+
+    def take(self, now: float) -> float:
+        """Book one token; return the seconds to wait (0 when one is free now)."""
+        interval = 1.0 / self.rate
+        earliest = max(self._next, now - (self.burst - 1) * interval, self._paused_until)
+        self._next = earliest + interval
+        return max(0.0, earliest - now)
+
+    def pause_until(self, when: float) -> None:
+        """Hand out no token before ``when`` (a clock value of the caller's)."""
+        self._paused_until = max(self._paused_until, when)
+
+    def wait(self, now: float) -> float:
+        """Seconds until a token is free, without booking it."""
+        interval = 1.0 / self.rate
+        return max(0.0, max(self._next, now - (self.burst - 1) * interval, self._paused_until) - now)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import math
 import subprocess
 import sys
 import time
@@ -518,3 +519,34 @@ def test_check_poll_interval_has_a_floor(value: float, ok: bool) -> None:
     else:
         with pytest.raises(ValueError, match="poll_interval"):
             _rules.check_poll_interval(value)
+
+
+# ---------------------------------------------------------------------------------------- pacing
+def test_token_bucket_spaces_tokens_at_the_rate() -> None:
+    bucket = _rules.TokenBucket(rate=4)
+    waits = [bucket.take(now=10.0) for _ in range(4)]
+    assert waits == [0.0, 0.25, 0.5, 0.75]
+    assert bucket.take(now=11.0) == 0.0  # the schedule caught up: no debt carried
+    assert bucket.wait(now=11.0) == 0.25
+
+
+def test_token_bucket_burst_saves_up_only_burst_tokens() -> None:
+    bucket = _rules.TokenBucket(rate=2, burst=3)
+    assert [bucket.take(now=100.0) for _ in range(4)] == [0.0, 0.0, 0.0, 0.5]
+    # An idle hour saves up no more than ``burst`` tokens.
+    assert [bucket.take(now=3700.0) for _ in range(4)] == [0.0, 0.0, 0.0, 0.5]
+
+
+def test_token_bucket_pause_holds_every_token_back() -> None:
+    bucket = _rules.TokenBucket(rate=10)
+    bucket.pause_until(5.0)
+    assert bucket.take(now=1.0) == 4.0
+    assert bucket.take(now=1.0) == pytest.approx(4.1)
+    bucket.pause_until(2.0)  # an earlier pause never shortens a later one
+    assert bucket.wait(now=1.0) == pytest.approx(4.2)
+
+
+@pytest.mark.parametrize(("rate", "burst"), [(0, 1), (-1, 1), (math.inf, 1), (math.nan, 1), (1, 0.5)])
+def test_token_bucket_refuses_bad_budgets(rate: float, burst: float) -> None:
+    with pytest.raises(ValueError, match="must be"):
+        _rules.TokenBucket(rate=rate, burst=burst)
