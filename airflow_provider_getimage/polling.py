@@ -41,7 +41,7 @@ Outcome = Literal["success", "failed", "running", "error"]
 """What a poll says of the wait: done, failed for good, not yet (or an outage), or cannot go on."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Poll:
     """
     What one poll came to.

@@ -550,3 +550,23 @@ def test_token_bucket_pause_holds_every_token_back() -> None:
 def test_token_bucket_refuses_bad_budgets(rate: float, burst: float) -> None:
     with pytest.raises(ValueError, match="must be"):
         _rules.TokenBucket(rate=rate, burst=burst)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"message": "key sk-live-123"}',
+        b'{"message": "key sk\\u002dlive-123"}',  # a JSON escape inside the key
+        '{"message": "key sk-live-123"}'.encode("utf-16"),  # json.loads detects UTF-16
+        '{"message": "key sk-live-123"}'.encode("utf-32-le"),
+    ],
+)
+def test_read_response_scrubs_every_encoding_of_the_key(body: bytes) -> None:
+    attempt = _rules.read_response(200, body, secrets=_rules.secret_forms("sk-live-123"))
+    assert attempt.data == {"message": "key ***"}
+
+
+def test_read_response_keeps_a_record_without_the_key_as_it_is() -> None:
+    body = b'{"id": "abc", "status": "PROCESSING", "images": [{"url": "https://x/y.png"}]}'
+    attempt = _rules.read_response(200, body, secrets=_rules.secret_forms("sk-live-123"))
+    assert attempt.data == json.loads(body)

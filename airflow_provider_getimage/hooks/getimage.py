@@ -419,10 +419,16 @@ class GetImageAsyncHook(_HookMixin, HttpAsyncHook):
         diffusion_id: str | None = None,
         deadline: float | None = None,
     ) -> dict[str, Any]:
+        # The first attempt before the loop: most calls need no retry, and a poll that builds no
+        # closures leaves less for the collector to promote (a triggerer makes a thousand a second).
+        first = await self._attempt(method, path, body)
+        if not isinstance(first, Attempt):
+            return first
         settings = self._settings or await self.get_settings()
         return await call_with_retries_async(
             lambda: self._attempt(method, path, body),
             lambda: api_retries(method, path, settings, self.retry_policy, self.log, diffusion_id, deadline),
+            first,
         )
 
     async def submit_diffusion(

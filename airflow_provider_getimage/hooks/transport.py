@@ -308,29 +308,32 @@ def api_retries(
     )
 
 
-def call_with_retries(send: Callable[[], T | Attempt], retries: Callable[[], Retries]) -> T:
+def call_with_retries(
+    send: Callable[[], T | Attempt], retries: Callable[[], Retries], first: Attempt | None = None
+) -> T:
     """
     Call ``send`` until it returns a result (not a failed ``Attempt``), sleeping between tries.
 
     :param retries: makes the retry state, on the first failure only (most calls never need it).
+    :param first: the failed first attempt, when the caller made it itself (see the async hook).
     """
     state: Retries | None = None
-    while True:
-        outcome = send()
-        if not isinstance(outcome, Attempt):
-            return outcome
+    outcome = send() if first is None else first
+    while isinstance(outcome, Attempt):
         state = state or retries()
         time.sleep(state.wait_after(outcome))
+        outcome = send()
+    return outcome
 
 
 async def call_with_retries_async(
-    send: Callable[[], Awaitable[T | Attempt]], retries: Callable[[], Retries]
+    send: Callable[[], Awaitable[T | Attempt]], retries: Callable[[], Retries], first: Attempt | None = None
 ) -> T:
     """The twin of :func:`call_with_retries` for an event loop: it sleeps without blocking."""
     state: Retries | None = None
-    while True:
-        outcome = await send()
-        if not isinstance(outcome, Attempt):
-            return outcome
+    outcome = await send() if first is None else first
+    while isinstance(outcome, Attempt):
         state = state or retries()
         await asyncio.sleep(state.wait_after(outcome))
+        outcome = await send()
+    return outcome
