@@ -145,7 +145,7 @@ def start_specs(args: argparse.Namespace) -> Iterator[RunSpec]:
 def log_run(run: dict[str, Any]) -> None:
     log.info(
         "%s: %.0f CPU ms/1k polls, %.3f CPU ms/poller, %.2f polls/gen, %s conns, p99 late %.2f s, "
-        "%s errors, %s undetected, emulator CPU %.0f%%, %.1f s",
+        "%s errors, %s undetected, emulator CPU %.0f%%, %.1f s, %s full GCs (%.0f ms)",
         results.label(run) if run["profile"] == "steady" else f"start {results.label(run)}",
         run["cpu_ms_per_1000_polls"],
         run["cpu_ms_per_poller"],
@@ -156,6 +156,8 @@ def log_run(run: dict[str, Any]) -> None:
         run["undetected"],
         run["emulator_cpu_pct"],
         run["wall_s"],
+        run.get("gc_full_collections"),
+        1e3 * (run.get("gc_full_s") or 0.0),
     )
 
 

@@ -76,6 +76,9 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 "log_lines_per_trigger": median(
                     run["log_lines"] / run["n"] for run in group if run.get("log_lines") is not None
                 ),
+                "full_gc_ms_per_trigger": median(
+                    1e3 * run["gc_full_s"] / run["n"] for run in group if run.get("gc_full_s") is not None
+                ),
                 "errors_total": sum(run["errors"] for run in group),
                 "undetected_total": sum(run["undetected"] for run in group),
                 "hook_preloaded": any(
@@ -203,6 +206,7 @@ def render(start: dict[str, Any]) -> list[str]:
             "CPU ms / trigger",
             "CPU ms / poll",
             "log lines / trigger",
+            "of which full GCs, ms / trigger",
             "errors",
             "undetected",
             "repeats",
@@ -215,13 +219,14 @@ def render(start: dict[str, Any]) -> list[str]:
                 fmt_cell(row["cpu_ms_per_trigger"], "{:.3f}"),
                 fmt_cell(row["cpu_ms_per_poll"], "{:.3f}"),
                 fmt_cell(row["log_lines_per_trigger"], "{:.2f}"),
+                fmt_cell(row["full_gc_ms_per_trigger"], "{:.3f}"),
                 str(row["errors_total"]),
                 str(row["undetected_total"]),
                 str(row["repeats"]),
             ]
             for row in summary["rows"]
         ),
-        "rlrrrrrrr",
+        "rlrrrrrrrr",
     )
     lines.append("")
     lines += markdown_table(
