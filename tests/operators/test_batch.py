@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -22,7 +22,7 @@ pytestmark = [
 BATCH_DAGS = dag_runs.TEST_DAGS / "getimage_batch_dags.py"
 
 
-def manifest_rows(path: Path) -> list[dict[str, object]]:
+def manifest_rows(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
