@@ -300,8 +300,10 @@ class BatchState:
     def _load(self) -> None:
         self._ready = True
         segments = self._segments()
+        # One call for every segment: object stores (s3fs, gcsfs) fetch them concurrently.
+        contents = self.fs.cat(segments) if segments else {}
         for name in segments:
-            for line in self.fs.cat_file(name).decode().splitlines():
+            for line in contents[name].decode().splitlines():
                 if line.strip():
                     event = json.loads(line)
                     self.states[int(event["i"])].apply(event)
