@@ -35,7 +35,7 @@ pytestmark = pytest.mark.e2e
 DAGS = Path(__file__).with_name("batch_dags")
 BATCH_TRIGGER = "airflow_provider_getimage.triggers.batch.GetImageBatchTrigger"
 #: Long enough that the batch still waits when the triggerer dies, and after the retry starts.
-LATENCY = 15.0
+LATENCY = 25.0
 TRIGGERER_THRESHOLD = 4.0
 KEEP_HOME = bool(os.environ.get("GETIMAGE_E2E_KEEP_HOME"))
 
@@ -89,7 +89,7 @@ def test_batch_survives_a_killed_worker_and_a_killed_triggerer(postgres_url: str
             # -- the worker, SIGKILLed after about half the submissions
             airflow.wait_for(
                 lambda: sum(submitted(emulator, WORKER_PROMPTS).values()) >= len(WORKER_PROMPTS) // 2,
-                90,
+                180,
                 "half the batch submitted",
                 check=("scheduler",),
             )
@@ -109,7 +109,7 @@ def test_batch_survives_a_killed_worker_and_a_killed_triggerer(postgres_url: str
                 ids = [d["id"] for d in emulator.diffusions() if d["prompt"] in set(TRIGGERER_PROMPTS)]
                 return rows if rows and ids and any(polls.get(i, 0) for i in ids) else None
 
-            airflow.wait_for(waiting_in_a_triggerer, 90, "the batch window polled in a triggerer")
+            airflow.wait_for(waiting_in_a_triggerer, 180, "the batch window polled in a triggerer")
             finished_early = [
                 d
                 for d in emulator.diffusions()
@@ -120,8 +120,8 @@ def test_batch_survives_a_killed_worker_and_a_killed_triggerer(postgres_url: str
             airflow.kill("triggerer")
             airflow.restart("triggerer")
 
-            assert airflow.wait_for_run(TRIGGERER_CRASH, triggerer_run, timeout=180) == "success"
-            assert airflow.wait_for_run(WORKER_CRASH, worker_run, timeout=180) == "success"
+            assert airflow.wait_for_run(TRIGGERER_CRASH, triggerer_run, timeout=300) == "success"
+            assert airflow.wait_for_run(WORKER_CRASH, worker_run, timeout=300) == "success"
         except BaseException:
             print(f"\n===== deployment at the failure =====\n{airflow.describe(lines=80)}")
             raise
