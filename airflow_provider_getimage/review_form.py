@@ -45,7 +45,11 @@ _LABEL = re.compile(r"Image ([1-9][0-9]*)")
 #: Characters that stay as they are inside a Markdown link destination; everything else (spaces,
 #: brackets, parentheses, quotes, angle brackets, backslashes, backticks) is percent-encoded.
 _URL_SAFE = ":/?#@!$&*+,;=%-._~"
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~&\"'])")
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~&\"':@])")
+#: The UI links bare URLs and e-mail addresses (GFM autolinks) even when escaped: an invisible
+#: word joiner after ``://``'s colon, after ``www`` and after ``@`` breaks what it looks for.
+_AUTOLINK_START = re.compile(r"(:)(?=//)|(www)(?=\.)|(@)", re.IGNORECASE)
+WORD_JOINER = "\u2060"
 
 
 @dataclass(frozen=True)
@@ -172,11 +176,15 @@ def safe_image_url(url: str) -> str:
 
 
 def escape_text(text: str, limit: int = PROMPT_LIMIT) -> str:
-    """Text shown as text: one line, clipped to ``limit`` characters, every Markdown mark escaped."""
+    """
+    Text shown as text: one line, clipped to ``limit`` characters, every Markdown mark escaped and
+    no URL or address left for the UI to turn into a link.
+    """
     one_line = " ".join(text.split())
     if len(one_line) > limit:
         one_line = one_line[: limit - 1] + "\u2026"
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", one_line)
+    unlinked = _AUTOLINK_START.sub(lambda match: match.group(0) + WORD_JOINER, one_line)
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", unlinked)
 
 
 def review_body(images: Sequence[ReviewImage], prompt: str | None = None, intro: str | None = None) -> str:

@@ -127,16 +127,31 @@ class TestMarkdown:
     @pytest.mark.parametrize(
         ("prompt", "shown"),
         [
-            ("a *bold* [link](http://evil/)", "a \\*bold\\* \\[link\\]\\(http://evil/\\)"),
+            ("a *bold* [link](http://evil/)", "a \\*bold\\* \\[link\\]\\(http\\://evil/\\)"),
             ("<img src=x onerror=alert(1)>", "\\<img src=x onerror=alert\\(1\\)\\>"),
+            ("see www.evil.com or me@evil.com", "see www\\.evil\\.com or me\\@evil\\.com"),
             (
                 "line one\n\n# heading\n![x](http://evil/x.png)",
-                "line one \\# heading \\!\\[x\\]\\(http://evil/x\\.png\\)",
+                "line one \\# heading \\!\\[x\\]\\(http\\://evil/x\\.png\\)",
             ),
         ],
     )
     def test_prompt_is_text(self, prompt: str, shown: str) -> None:
-        assert f"**Prompt:** {shown}\n" in review_form.review_body([ReviewImage(URLS[0])], prompt=prompt)
+        body = review_form.review_body([ReviewImage(URLS[0])], prompt=prompt)
+        assert f"**Prompt:** {shown}\n" in body.replace(review_form.WORD_JOINER, "")
+
+    @pytest.mark.parametrize(
+        ("text", "unlinked"),
+        [
+            ("http://evil.example/", "http\\:\u2060//evil\\.example/"),
+            ("HTTPS://evil", "HTTPS\\:\u2060//evil"),
+            ("www.evil.com", "www\u2060\\.evil\\.com"),
+            ("me@evil.com", "me\\@\u2060evil\\.com"),
+            ("ratio 16:9", "ratio 16\\:9"),
+        ],
+    )
+    def test_no_autolink_left_in_text(self, text: str, unlinked: str) -> None:
+        assert review_form.escape_text(text) == unlinked
 
     def test_prompt_is_clipped(self) -> None:
         body = review_form.review_body([ReviewImage(URLS[0])], prompt="x" * 5000)
