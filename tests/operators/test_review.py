@@ -9,6 +9,7 @@ a real deployment in ``tests/ui/test_review.py``.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,7 @@ from tests import dag_runs
 from tests.airflow_compat import airflow_before, dag_bag, requires_airflow
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
     from pathlib import Path
 
     from airflow_provider_getimage.emulator import Emulator
@@ -174,3 +175,40 @@ class TestExampleDag:
         assert dag_runs.xcom(dag_run, "review", "chosen_indexes") == []
         assert getimage_airflow_conn.stats()["submissions"] == 2
         assert getimage_airflow_conn.stats()["image_downloads"] == 0
+
+
+@requires_airflow("3.1", "human-in-the-loop operators")
+class TestBatchManifest:
+    """A batch's result names its manifest (SPEC 9); the review reads each row's images and prompt."""
+
+    def write(self, path: Path, rows: Sequence[object]) -> dict[str, Any]:
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows) + "\n")
+        return {"manifest": f"file://{path}", "total": len(rows), "finished": 2, "images": 3}
+
+    def test_rows_give_images_and_prompts(self, tmp_path: Path) -> None:
+        from airflow_provider_getimage.operators.review import read_batch_images
+        from airflow_provider_getimage.review_form import ReviewImage
+
+        result = self.write(
+            tmp_path / "manifest.jsonl",
+            [
+                {"index": 0, "prompt": "a cat", "status": "finished", "image_urls": URLS[:2]},
+                {"index": 1, "prompt": "a dog", "status": "failed", "image_urls": [], "error": "boom"},
+                {"index": 2, "prompt": "a cow", "status": "finished", "image_urls": URLS[2:3]},
+            ],
+        )
+        assert read_batch_images(result) == [
+            ReviewImage(URLS[0], "a cat"),
+            ReviewImage(URLS[1], "a cat"),
+            ReviewImage(URLS[2], "a cow"),
+        ]
+
+    def test_a_large_batch_stops_early_and_fails_the_count(self, tmp_path: Path) -> None:
+        from airflow_provider_getimage.operators.review import read_batch_images
+        from airflow_provider_getimage.review_form import check_images
+
+        rows = [{"index": i, "prompt": "p", "image_urls": URLS} for i in range(1000)]
+        images = read_batch_images(self.write(tmp_path / "manifest.jsonl", rows))
+        assert len(images) == 52  # read up to the first row past the form's 50 images
+        with pytest.raises(ValueError, match="52 images are too many for one review form"):
+            check_images(images)
