@@ -167,7 +167,8 @@ def test_a_reviewer_picks_image_2_in_the_ui(airflow: AirflowDeployment, page: Pa
 
     page.get_by_role("combobox").first.click()
     page.get_by_role("option", name="Image 2", exact=True).click()
-    page.screenshot(path=str(tmp_path / "review-form-chosen.png"), full_page=True)
+    page.get_by_role("button", name="Respond").scroll_into_view_if_needed()
+    page.screenshot(path=str(tmp_path / "review-form-chosen.png"))  # the choice and the button
     page.get_by_role("button", name="Respond").click()
 
     finished(airflow, run_id)
