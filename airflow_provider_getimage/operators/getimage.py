@@ -2,7 +2,9 @@
 ``GetImageDiffusionOperator``: submit a GetImage.io diffusion and wait for its images.
 
 ``GetImageDownloadOperator`` lives in ``operators.download`` and is importable from here too
-(SPEC 4 names it in this module).
+(SPEC 4 names it in this module). ``GetImageReviewOperator`` (``operators.review``, SPEC 10) is
+importable from here too, loaded on first use: it needs Airflow 3.1+, and this module must keep
+importing on Airflow 3.0.
 """
 
 from __future__ import annotations
@@ -28,7 +30,14 @@ if TYPE_CHECKING:
 
     from airflow.providers.common.compat.sdk import Context
 
-__all__ = ["GetImageBatchOperator", "GetImageDiffusionOperator", "GetImageDownloadOperator"]
+    from airflow_provider_getimage.operators.review import GetImageReviewOperator
+
+__all__ = [
+    "GetImageBatchOperator",
+    "GetImageDiffusionOperator",
+    "GetImageDownloadOperator",
+    "GetImageReviewOperator",
+]
 
 
 class GetImageDiffusionOperator(ResumableJobMixin, BaseOperator):
@@ -214,3 +223,12 @@ class GetImageDiffusionOperator(ResumableJobMixin, BaseOperator):
         self.log.warning("Task killed; the submitted diffusion (see XCom 'diffusion_id') is not cancelled.")
         if "hook" in self.__dict__:
             self.hook.close()
+
+
+def __getattr__(name: str) -> Any:
+    """``GetImageReviewOperator`` on first use; on Airflow < 3.1 its import error names the version."""
+    if name == "GetImageReviewOperator":
+        from airflow_provider_getimage.operators.review import GetImageReviewOperator
+
+        return GetImageReviewOperator
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
