@@ -33,9 +33,13 @@ def redis_problem(url: str = REDIS_URL, timeout: float = 2.0) -> str | None:
 
 
 def result_backend_url(database_url: str) -> str:
-    """Celery's database result backend on the metadata database (``db+postgresql://...``)."""
+    """
+    Celery's database result backend on the metadata database (``db+postgresql+psycopg2://...``).
+
+    The driver is kept: SQLAlchemy's default for a bare ``postgresql`` is not always the installed one.
+    """
     parts = urlsplit(database_url)
-    return urlunsplit(parts._replace(scheme="db+" + parts.scheme.split("+")[0]))
+    return urlunsplit(parts._replace(scheme="db+" + parts.scheme))
 
 
 def celery_env(database_url: str, broker_url: str = REDIS_URL, concurrency: int = 4) -> dict[str, str]:
