@@ -406,6 +406,22 @@ def parse_max_bytes(value: object) -> int:
     return int(number)
 
 
+def parse_max_rate(value: object) -> float | None:
+    """The ``max_requests_per_second`` extra: a positive number, or None (empty) for no limit."""
+    if value is None or value == "":
+        return None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number) or number <= 0:
+        raise ValueError(
+            f"Connection extra max_requests_per_second={value!r} must be a positive number of "
+            "requests a second (or empty for no limit)."
+        )
+    return number
+
+
 def too_large(limit: int, setting: str, status_code: int | None = None) -> Attempt:
     """An answer abandoned because it passed its size cap (the cap and its setting named)."""
     return Attempt(

@@ -99,6 +99,12 @@ def get_provider_info() -> dict[str, Any]:
                         "schema": {"type": ["string", "null"]},
                         "description": "true (default), false, or the path of a CA bundle file.",
                     },
+                    "max_requests_per_second": {
+                        "label": "Max requests per second",
+                        "schema": {"type": ["number", "null"]},
+                        "description": "One rate limit for this connection, shared by every trigger "
+                        "in a triggerer process and by a worker's submissions (no limit if empty).",
+                    },
                 },
             }
         ],

@@ -26,6 +26,8 @@ AIRFLOW_BIN = Path(sys.executable).with_name("airflow")
 #: The long-running components, in start order. More triggerers (HA) are named ``triggerer-2`` etc.
 COMPONENTS: tuple[str, ...] = ("api-server", "scheduler", "dag-processor", "triggerer")
 EXTRA_TRIGGERER = re.compile(r"triggerer-[2-9]")
+#: CeleryExecutor workers (``airflow celery worker``): ``celery-worker``, ``celery-worker-2`` etc.
+CELERY_WORKER = re.compile(r"celery-worker(-[2-9])?")
 
 
 def free_port() -> int:
@@ -125,10 +127,24 @@ def component_command(
     if EXTRA_TRIGGERER.fullmatch(name):
         command = "triggerer"
         env = {**env, "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port())}
+    elif CELERY_WORKER.fullmatch(name):
+        # Each worker serves its task logs on a port of its own, and listens to this deployment's
+        # queue only (a Redis shared with other deployments would hand it their tasks).
+        env = {**env, "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port())}
+        queue = env.get("AIRFLOW__OPERATORS__DEFAULT_QUEUE", "default")
+        # Several workers share the home: each needs a name and a PID file of its own.
+        pid_file = str(Path(env["AIRFLOW_HOME"]) / f"{name}.pid")
+        argv = [str(AIRFLOW_BIN), "celery", "worker", "--queues", queue, "--pid", pid_file]
+        argv += ["--celery-hostname", f"{name}@%h"]
+        argv += ["--concurrency", env.get("AIRFLOW__CELERY__WORKER_CONCURRENCY", "4"), "--without-mingle"]
+        return [*argv, "--without-gossip"], env
     elif name in COMPONENTS:
         command = name
     else:
-        raise ValueError(f"unknown component {name!r}; expected one of {COMPONENTS} or triggerer-<2-9>")
+        raise ValueError(
+            f"unknown component {name!r}; expected one of {COMPONENTS}, triggerer-<2-9> or "
+            "celery-worker[-<2-9>]"
+        )
     argv = [str(AIRFLOW_BIN), command]
     if command == "api-server":
         # "all" = the REST API v2 (to trigger runs) plus the execution API (for the workers).

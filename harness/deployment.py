@@ -286,6 +286,21 @@ class AirflowDeployment:
         psutil.wait_procs(victims, timeout=10)
         return found
 
+    def component_holding(self, pid: int) -> str | None:
+        """
+        The component whose process tree holds ``pid``, e.g. the Celery worker running a task
+        (``task_instance.pid`` is its runner's PID); None when no live component holds it.
+        """
+        for name, component in self.components.items():
+            if not component.alive():
+                continue
+            component.remember()
+            proc = component.seen.get(pid)
+            with contextlib.suppress(psutil.Error):
+                if proc is not None and proc.is_running():
+                    return name
+        return None
+
     # -- diagnostics -----------------------------------------------------------------------------
 
     def log_tail(self, name: str, lines: int = 60) -> str:

@@ -76,6 +76,7 @@ def test_providers_manager_discovers_the_connection_form() -> None:
         "extra__getimage__request_timeout",
         "extra__getimage__verify",
         "extra__getimage__max_response_bytes",
+        "extra__getimage__max_requests_per_second",
     }
 
 

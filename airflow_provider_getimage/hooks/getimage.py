@@ -9,6 +9,7 @@ async hook leases its session from ``hooks.sessions``. The errors are re-exporte
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 import time
@@ -30,6 +31,7 @@ from airflow_provider_getimage.exceptions import (
     GetImageSubmitUncertainError,
     GetImageTimeoutError,
 )
+from airflow_provider_getimage.hooks.limiter import rate_limit_pause, sync_limiter
 from airflow_provider_getimage.hooks.sessions import SHARED_SESSIONS
 from airflow_provider_getimage.hooks.settings import (
     ApiSettings,
@@ -53,6 +55,8 @@ from airflow_provider_getimage.polling import DiffusionWatch, checked_record
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from types import TracebackType
+
+    from airflow_provider_getimage.hooks.limiter import AsyncLimiter, SyncLimiter
 
 __all__ = [
     "GetImageAsyncHook",
@@ -132,6 +136,7 @@ class GetImageHook(_HookMixin, HttpHook):
         self.retry_policy = retry_policy or self.default_retry_policy
         self._settings: ApiSettings | None = None
         self._session: requests.Session | None = None
+        self._limiter: SyncLimiter | None = None
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
@@ -173,6 +178,7 @@ class GetImageHook(_HookMixin, HttpHook):
                 self.getimage_conn_id, conn.host, conn.port, conn.password, conn.extra_dejson
             )
             warn_if_plain_http(self.log, self._settings)
+            self._limiter = sync_limiter(self._settings)
         return self._settings
 
     def get_conn(
@@ -213,6 +219,8 @@ class GetImageHook(_HookMixin, HttpHook):
     # ------------------------------------------------------------------------------ requests
     def _attempt(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any] | Attempt:
         session, settings = self.get_conn(), self.settings
+        if self._limiter is not None:
+            self._limiter.acquire()
         deadline = time.monotonic() + settings.timeout
         try:
             response = session.request(
@@ -235,7 +243,13 @@ class GetImageHook(_HookMixin, HttpHook):
         attempt = _rules.read_response(
             response.status_code, raw, response.headers.get("Retry-After"), settings.secrets
         )
-        return attempt.data if attempt.data is not None else attempt
+        if attempt.data is not None:
+            return attempt.data
+        if self._limiter is not None and (
+            pause := rate_limit_pause(attempt, self.retry_policy.retry_after_cap)
+        ):
+            self._limiter.pause_for(pause)
+        return attempt
 
     def _request(
         self,
@@ -351,6 +365,7 @@ class GetImageAsyncHook(_HookMixin, HttpAsyncHook):
         self.retry_policy = retry_policy or self.default_retry_policy
         self._settings: ApiSettings | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._limiter: AsyncLimiter | None = None
 
     async def get_settings(self) -> ApiSettings:
         """The connection's settings: one asynchronous lookup per event loop, shared by its hooks."""
@@ -375,13 +390,15 @@ class GetImageAsyncHook(_HookMixin, HttpAsyncHook):
     async def _get_session(self) -> aiohttp.ClientSession:
         """This loop's shared session for the connection, leased once per hook."""
         if self._session is None:
-            self._session = await SHARED_SESSIONS.acquire(await self.get_settings())
+            settings = await self.get_settings()
+            self._session = await SHARED_SESSIONS.acquire(settings)
+            self._limiter = SHARED_SESSIONS.limiter(settings)
         return self._session
 
     async def close(self) -> None:
         """Give the shared session back; the last hook to do so closes it."""
         if self._session is not None and self._settings is not None:
-            self._session = None
+            self._session = self._limiter = None
             await SHARED_SESSIONS.release(self._settings)
 
     async def __aenter__(self) -> GetImageAsyncHook:
@@ -392,10 +409,15 @@ class GetImageAsyncHook(_HookMixin, HttpAsyncHook):
     ) -> None:
         await self.close()
 
-    async def _attempt(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any] | Attempt:
+    async def _attempt(
+        self, method: str, path: str, body: dict[str, Any] | None, due: float | None = None
+    ) -> dict[str, Any] | Attempt:
         # The attributes first: every poll asks, and awaiting the lookups again costs two coroutines.
         session = self._session or await self._get_session()
         settings = self._settings or await self.get_settings()
+        limiter = self._limiter
+        if limiter is not None:
+            await limiter.acquire(due)
         try:
             # The session's total timeout bounds the whole request, the answer included.
             async with session.request(
@@ -409,7 +431,11 @@ class GetImageAsyncHook(_HookMixin, HttpAsyncHook):
             return aiohttp_failure(exc, settings.timeout)
         except AnswerCut as cut:
             return cut.attempt
-        return attempt.data if attempt.data is not None else attempt
+        if attempt.data is not None:
+            return attempt.data
+        if limiter is not None and (pause := rate_limit_pause(attempt, self.retry_policy.retry_after_cap)):
+            limiter.pause_for(pause)  # every request of the connection on this loop waits, not only this one
+        return attempt
 
     async def _request(
         self,
@@ -425,8 +451,10 @@ class GetImageAsyncHook(_HookMixin, HttpAsyncHook):
         if not isinstance(first, Attempt):
             return first
         settings = self._settings or await self.get_settings()
+        # A retry keeps the first attempt's due time: under a rate limit it goes before newer polls.
+        due = asyncio.get_running_loop().time()
         return await call_with_retries_async(
-            lambda: self._attempt(method, path, body),
+            lambda: self._attempt(method, path, body, due),
             lambda: api_retries(method, path, settings, self.retry_policy, self.log, diffusion_id, deadline),
             first,
         )

@@ -5,7 +5,8 @@ A triggerer runs all its triggers on one event loop: a thousand deferred tasks o
 then share one keep-alive pool of at most ``POOL_SIZE`` connections, instead of a TCP and TLS
 handshake per trigger (or, as in ``HttpSensorTrigger``, per poll), and one connection lookup
 instead of a thousand (Airflow's async lookup costs about 0.5 ms of CPU and passes through one
-worker thread).
+worker thread). A connection with ``max_requests_per_second`` also gets one rate limiter per
+loop (``hooks.limiter.AsyncLimiter``), held and closed with the session.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from airflow_provider_getimage import _rules
+from airflow_provider_getimage.hooks.limiter import AsyncLimiter
 from airflow_provider_getimage.hooks.settings import bad_ca_bundle
 
 if TYPE_CHECKING:
@@ -37,6 +39,7 @@ POOL_WAIT_TIMEOUT = 60.0
 @dataclass
 class _Lease:
     session: asyncio.Future[aiohttp.ClientSession]
+    limiter: AsyncLimiter | None = None
     users: int = 0
 
 
@@ -81,7 +84,10 @@ class SharedSessions:
         leases = self._state().leases
         lease = leases.get(settings)
         if lease is None or (lease.session.done() and lease.session.result().closed):
-            lease = leases[settings] = _Lease(asyncio.ensure_future(_new_session(settings)))
+            rate = settings.max_requests_per_second
+            lease = leases[settings] = _Lease(
+                asyncio.ensure_future(_new_session(settings)), AsyncLimiter(rate) if rate else None
+            )
         lease.users += 1
         try:
             return await asyncio.shield(lease.session)
@@ -91,10 +97,20 @@ class SharedSessions:
             lease.users -= 1
             if lease.session.done() and leases.get(settings) is lease:
                 del leases[settings]
+                if lease.limiter is not None:
+                    lease.limiter.close()
             raise
 
+    def limiter(self, settings: ApiSettings) -> AsyncLimiter | None:
+        """
+        The running loop's rate limiter for these settings (None without ``max_requests_per_second``
+        or while no hook holds the session): every trigger of the connection takes its tokens from it.
+        """
+        lease = self._state().leases.get(settings)
+        return None if lease is None else lease.limiter
+
     async def release(self, settings: ApiSettings) -> None:
-        """Give a leased session back; the last user closes it and forgets the connection lookup."""
+        """Give a leased session back; the last user closes it (and its limiter) and forgets the lookup."""
         state = self._state()
         lease = state.leases.get(settings)
         if lease is None:
@@ -103,6 +119,8 @@ class SharedSessions:
         if lease.users <= 0:
             del state.leases[settings]
             state.settings.pop(settings.conn_id, None)
+            if lease.limiter is not None:
+                lease.limiter.close()
             await (await lease.session).close()
 
     def users(self, settings: ApiSettings) -> int:

@@ -42,6 +42,8 @@ class ApiSettings:
     timeout: float
     verify: bool | str
     max_response_bytes: int = _rules.DEFAULT_MAX_RESPONSE_BYTES
+    max_requests_per_second: float | None = None
+    """The connection's shared rate limit (``hooks.limiter``); None sends as fast as callers ask."""
 
     @functools.cached_property
     def secrets(self) -> tuple[str, ...]:
@@ -83,6 +85,7 @@ def settings_from_connection(
         url = _rules.base_url(host, port)
         timeout = _rules.parse_timeout(_rules.extra_value(extra, "request_timeout"))
         max_bytes = _rules.parse_max_bytes(_rules.extra_value(extra, "max_response_bytes"))
+        max_rate = _rules.parse_max_rate(_rules.extra_value(extra, "max_requests_per_second"))
     except ValueError as err:
         raise GetImageError(f"Connection {conn_id!r}: {err}") from None
     model = _rules.extra_value(extra, "default_model")
@@ -94,6 +97,7 @@ def settings_from_connection(
         timeout=timeout,
         verify=_rules.parse_verify(_rules.extra_value(extra, "verify")),
         max_response_bytes=max_bytes,
+        max_requests_per_second=max_rate,
     )
 
 

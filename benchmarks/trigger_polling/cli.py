@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from benchmarks.report import json_safe, machine_info
-from benchmarks.trigger_polling import results, start_cost
+from benchmarks.trigger_polling import results, scale, start_cost
 from benchmarks.trigger_polling.common import MODES, raise_nofile_limit
 from benchmarks.trigger_polling.emulator import EmulatorProcess
 from benchmarks.trigger_polling.runner import RunSpec, run_once
@@ -27,7 +27,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("benchmarks.trigger_polling")
 
-PHASES = ("polling", "start")
+PHASES = ("polling", "start", "scale")
+#: What runs without ``--phases``: the scale phase is ``make bench-scale`` alone.
+DEFAULT_PHASES = ("polling", "start")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
         "shared-session loop, against the emulator over TLS; and a fresh triggerer's start cost.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES), help="what to run")
+    parser.add_argument(
+        "--phases", nargs="+", choices=PHASES, default=list(DEFAULT_PHASES), help="what to run"
+    )
     polling = parser.add_argument_group("polling phase")
     polling.add_argument("--n", type=int, nargs="+", default=[100, 1000, 5000], help="pollers per run")
     polling.add_argument("--repeats", type=int, default=3, help="runs per (N, mode), modes alternating")
@@ -68,6 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="spread of generation times, +/- s (default: interval / 2)",
     )
     start.add_argument("--start-repeats", type=int, default=5, help="runs per (length, mode), alternating")
+    grow = parser.add_argument_group("scale phase (one triggerer, a rate-limited service)")
+    grow.add_argument("--scale-n", type=int, default=3000, help="deferred generations per run")
+    grow.add_argument("--scale-rate", type=float, default=200.0, help="the service's limit R, requests/s")
+    grow.add_argument("--scale-interval", type=float, default=5.0, help="poll interval, seconds")
+    grow.add_argument("--scale-latency", type=float, default=60.0, help="seconds per generation")
+    grow.add_argument("--scale-jitter", type=float, default=5.0, help="spread of generation times, +/- s")
+    grow.add_argument("--scale-repeats", type=int, default=1, help="runs per mode, alternating")
+    grow.add_argument(
+        "--scale-max-seconds",
+        type=float,
+        default=90.0,
+        help="cap after the last generation finishes (a per-trigger run may lag far behind)",
+    )
     parser.add_argument(
         "--max-seconds",
         type=float,
@@ -143,10 +160,27 @@ def start_specs(args: argparse.Namespace) -> Iterator[RunSpec]:
 
 
 def log_run(run: dict[str, Any]) -> None:
+    if run["profile"] == "scale":
+        log.info(
+            "scale %s N=%s #%s: %.0f requests/s, %.2f%% 429, p50/p99 late %.1f/%.1f s, %.1f polls/gen, "
+            "%.3f CPU ms/poll, %s undetected, %.0f s",
+            scale.label(run),
+            run["n"],
+            run["repeat"],
+            run["requests_per_s"],
+            100 * run["share_429"],
+            run["lateness_p50_s"],
+            run["lateness_p99_s"],
+            run["polls_per_generation"],
+            run["cpu_ms_per_request"],
+            run["undetected"],
+            run["wall_s"],
+        )
+        return
     log.info(
         "%s: %.0f CPU ms/1k polls, %.3f CPU ms/poller, %.2f polls/gen, %s conns, p99 late %.2f s, "
         "%s errors, %s undetected, emulator CPU %.0f%%, %.1f s, %s full GCs (%.0f ms)",
-        results.label(run) if run["profile"] == "steady" else f"start {results.label(run)}",
+        results.label(run) if run["profile"] == "steady" else f"{run['profile']} {results.label(run)}",
         run["cpu_ms_per_1000_polls"],
         run["cpu_ms_per_poller"],
         run["polls_per_generation"],
@@ -175,6 +209,8 @@ def render(result: dict[str, Any]) -> str:
         lines += results.render(result)
     if "start" in result:
         lines += ["", *start_cost.render(result["start"])]
+    if "scale" in result:
+        lines += ["", *scale.render(result["scale"])]
     return "\n".join(lines)
 
 
@@ -187,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     specs = [
         *(polling_specs(args) if "polling" in args.phases else ()),
         *(start_specs(args) if "start" in args.phases else ()),
+        *(scale.specs(args) if "scale" in args.phases else ()),
     ]
     nofile = raise_nofile_limit()
     if nofile < max(spec.n for spec in specs) + 200:
@@ -243,10 +280,31 @@ def main(argv: list[str] | None = None) -> int:
             "summary": start_summary,
             "targets": start_cost.targets(start_summary),
         }
+    if "scale" in args.phases:
+        scale_runs = [run for run in runs if run["profile"] == "scale"]
+        scale_summary = scale.summarise(scale_runs)
+        result["scale"] = {
+            "params": {
+                "n": args.scale_n,
+                "rate": args.scale_rate,
+                "interval": args.scale_interval,
+                "latency": args.scale_latency,
+                "jitter": args.scale_jitter,
+                "repeats": args.scale_repeats,
+            },
+            "runs": scale_runs,
+            "summary": scale_summary,
+            "targets": scale.targets(scale_summary, args.scale_n, args.scale_rate, args.scale_interval),
+        }
     print(render(result), flush=True)
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(json_safe(result), indent=2) + "\n")
-    verdicts = [item["verdict"] for item in result["targets"] + result.get("start", {}).get("targets", [])]
+    verdicts = [
+        item["verdict"]
+        for item in result["targets"]
+        + result.get("start", {}).get("targets", [])
+        + result.get("scale", {}).get("targets", [])
+    ]
     if args.check and "FAIL" in verdicts:
         return 1
     return 0

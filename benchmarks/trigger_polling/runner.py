@@ -46,11 +46,16 @@ class RunSpec:
     profile: str = "steady"
     #: The generation length asked for, in polls (the start phase's two points); None elsewhere.
     target_polls: int | None = None
+    #: The emulator's ``rate_limit`` while the pollers run (the scale phase); None: no limit.
+    emulator_rate_limit: float | None = None
+    #: The provider connection's ``max_requests_per_second`` extra (the shared limiter); None: none.
+    max_requests_per_second: float | None = None
 
     @property
     def name(self) -> str:
         length = f"-{self.target_polls}polls" if self.target_polls is not None else ""
-        return f"{self.profile}-{self.mode}-{self.n}{length}-{self.repeat}"
+        limited = f"-limited{self.max_requests_per_second:g}" if self.max_requests_per_second else ""
+        return f"{self.profile}-{self.mode}{limited}-{self.n}{length}-{self.repeat}"
 
 
 def listen_overflows() -> int | None:
@@ -100,7 +105,9 @@ class _LineReader:
                 return line[len(prefix) :].strip()
 
 
-def client_env(emulator: EmulatorProcess, workdir: Path) -> dict[str, str]:
+def client_env(
+    emulator: EmulatorProcess, workdir: Path, max_requests_per_second: float | None = None
+) -> dict[str, str]:
     """
     The client's environment: both Airflow connections and the emulator's CA.
 
@@ -109,8 +116,12 @@ def client_env(emulator: EmulatorProcess, workdir: Path) -> dict[str, str]:
     backend), and trusts the CA through its ``verify`` extra. ``HttpAsyncHook`` cannot take a CA
     bundle from its connection (its ``verify`` extra becomes aiohttp's boolean ``verify_ssl``), so
     the baseline trusts it the way a user of a private CA would: ``SSL_CERT_FILE``, which aiohttp's
-    default (cached) SSL context reads.
+    default (cached) SSL context reads. ``max_requests_per_second`` goes into the provider
+    connection's extra (the shared limiter of ``hooks.limiter``).
     """
+    extra: dict[str, Any] = {"verify": emulator.ca_bundle}
+    if max_requests_per_second is not None:
+        extra["max_requests_per_second"] = max_requests_per_second
     env = dict(os.environ)
     env.update(
         {
@@ -125,7 +136,7 @@ def client_env(emulator: EmulatorProcess, workdir: Path) -> dict[str, str]:
                     "conn_type": "getimage",
                     "host": emulator.url,
                     "password": API_KEY,
-                    "extra": {"verify": emulator.ca_bundle},
+                    "extra": extra,
                 }
             ),
             f"AIRFLOW_CONN_{BASELINE_CONN_ID.upper()}": json.dumps(
@@ -146,7 +157,7 @@ def run_once(emulator: EmulatorProcess, spec: RunSpec, workdir: Path) -> dict[st
         "benchmarks.trigger_polling.client",
         spec.mode,
         "--profile",
-        spec.profile,
+        "steady" if spec.profile == "scale" else spec.profile,  # the scale phase's client is steady
         "--interval",
         str(spec.interval),
     ]
@@ -159,7 +170,7 @@ def run_once(emulator: EmulatorProcess, spec: RunSpec, workdir: Path) -> dict[st
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=stderr,
-            env=client_env(emulator, workdir),
+            env=client_env(emulator, workdir, spec.max_requests_per_second),
             cwd=REPO,
             text=True,
         )
@@ -174,6 +185,8 @@ def run_once(emulator: EmulatorProcess, spec: RunSpec, workdir: Path) -> dict[st
             last_finish = max(
                 item["finishes_at"] for item in emulator.control("GET", "/_emulator/diffusions")
             )
+            if spec.emulator_rate_limit is not None:  # the pollers meet the limit, the setup did not
+                emulator.control("POST", "/_emulator/config", {"rate_limit": spec.emulator_rate_limit})
             before = emulator.control("GET", "/_emulator/stats")
             overflows_start = listen_overflows()
             emulator_cpu_start, started = emulator.cpu_seconds(), time.monotonic()
@@ -189,6 +202,8 @@ def run_once(emulator: EmulatorProcess, spec: RunSpec, workdir: Path) -> dict[st
             if child.poll() is None:
                 child.kill()
                 child.wait()
+            if spec.emulator_rate_limit is not None:
+                emulator.control("POST", "/_emulator/config", {"rate_limit": None})
     after = emulator.control("GET", "/_emulator/stats")
     diffusions = {item["id"]: item for item in emulator.control("GET", "/_emulator/diffusions")}
     if stderr_path.stat().st_size == 0:
@@ -229,6 +244,8 @@ def measure(
     )
     finished_early = sum(1 for i in ids if diffusions[i]["finishes_at"] < started_at)
     polls = after["polls"] - before["polls"]
+    requests = after["requests"] - before["requests"]
+    refused = after["responses_by_status"].get("429", 0) - before["responses_by_status"].get("429", 0)
     non_ok = {
         code: count - before["responses_by_status"].get(code, 0)
         for code, count in after["responses_by_status"].items()
@@ -259,6 +276,12 @@ def measure(
         "non_2xx_responses": non_ok,
         "error_samples": report["error_samples"] + report["log_samples"],
         "polls": polls,
+        "requests": requests,
+        "requests_per_s": requests / report["wall_s"] if report["wall_s"] else math.nan,
+        "share_429": refused / requests if requests else math.nan,
+        "cpu_ms_per_request": 1e3 * report["cpu_s"] / requests if requests else math.nan,
+        "max_requests_per_second": spec.max_requests_per_second,
+        "emulator_rate_limit": spec.emulator_rate_limit,
         "cpu_s": report["cpu_s"],
         "gc_full_collections": report.get("gc_full_collections"),
         "gc_full_s": report.get("gc_full_s"),

@@ -343,7 +343,13 @@ def test_form_metadata_on_hook() -> None:
     assert behaviour["placeholders"]["host"] == "https://api.getimage.io"
     pytest.importorskip("wtforms", reason="the hook's form widgets need wtforms (a dev dependency)")
     widgets = GetImageHook.get_connection_form_widgets()
-    assert set(widgets) == {"default_model", "request_timeout", "verify", "max_response_bytes"}
+    assert set(widgets) == {
+        "default_model",
+        "request_timeout",
+        "verify",
+        "max_response_bytes",
+        "max_requests_per_second",
+    }
     assert widgets["verify"].args[0] == "Verify TLS"
 
 

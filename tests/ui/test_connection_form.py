@@ -107,7 +107,7 @@ def test_hook_meta_describes_the_getimage_form(airflow_ui: AirflowDeployment) ->
 
     extras = entry["extra_fields"]
     declared = getimage_form_info()["conn-fields"]
-    expected = {"default_model", "request_timeout", "verify", "max_response_bytes"}
+    expected = {"default_model", "request_timeout", "verify", "max_response_bytes", "max_requests_per_second"}
     assert set(extras) == expected == set(declared)
     for name, field in extras.items():
         assert field["schema"]["title"] == declared[name]["label"]
