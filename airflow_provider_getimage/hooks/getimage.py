@@ -30,6 +30,7 @@ from airflow_provider_getimage.exceptions import (
     GetImageSubmitUncertainError,
     GetImageTimeoutError,
 )
+from airflow_provider_getimage.hooks.deadlines import WATCHDOG, DeadlineAdapter
 from airflow_provider_getimage.hooks.sessions import SHARED_SESSIONS
 from airflow_provider_getimage.hooks.settings import (
     ApiSettings,
@@ -47,6 +48,7 @@ from airflow_provider_getimage.hooks.transport import (
     read_body,
     read_body_async,
     requests_failure,
+    timed_out,
 )
 from airflow_provider_getimage.polling import DiffusionWatch, checked_record
 
@@ -187,10 +189,13 @@ class GetImageHook(_HookMixin, HttpHook):
             session = requests.Session()
             session.headers.update(_rules.headers(settings.api_key))
             session.verify = settings.verify
-            adapter = self.adapter or self.keep_alive_adapter  # HttpHook's TCP keep-alive by default
-            if adapter is not None:
-                session.mount("https://", adapter)
-                session.mount("http://", adapter)
+            # A DeadlineAdapter (the whole-request deadline), with HttpHook's TCP keep-alive options;
+            # an adapter given to the hook is mounted as it is (its header phase then has only the
+            # per-read timeout).
+            keep_alive = getattr(self.keep_alive_adapter, "socket_options", None)
+            adapter = self.adapter or DeadlineAdapter(socket_options=keep_alive)
+            session.mount("https://", adapter)
+            session.mount("http://", adapter)
             self._session = session
         if headers:
             self._session.headers.update(headers)
@@ -213,25 +218,26 @@ class GetImageHook(_HookMixin, HttpHook):
     # ------------------------------------------------------------------------------ requests
     def _attempt(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any] | Attempt:
         session, settings = self.get_conn(), self.settings
-        deadline = time.monotonic() + settings.timeout
-        try:
-            response = session.request(
-                method,
-                settings.base_url + path,
-                json=body,
-                timeout=(_rules.CONNECT_TIMEOUT, settings.timeout),
-                # Per request: requests lets REQUESTS_CA_BUNDLE override a session's verify.
-                verify=settings.verify,
-                allow_redirects=False,
-                stream=True,  # read by read_body: bounded in size and in time
-            )
-        except requests.RequestException as exc:
-            return requests_failure(exc)
-        with response:
+        # The watchdog bounds the whole request, status line and headers included (hooks.deadlines).
+        with WATCHDOG.arm(settings.timeout) as deadline:
             try:
-                raw = read_body(response, settings, deadline=deadline, timeout=settings.timeout)
-            except AnswerCut as cut:
-                return cut.attempt
+                response = session.request(
+                    method,
+                    settings.base_url + path,
+                    json=body,
+                    timeout=(min(_rules.CONNECT_TIMEOUT, settings.timeout), settings.timeout),
+                    # Per request: requests lets REQUESTS_CA_BUNDLE override a session's verify.
+                    verify=settings.verify,
+                    allow_redirects=False,
+                    stream=True,  # read by read_body: bounded in size and in time
+                )
+            except requests.RequestException as exc:
+                return timed_out(settings.timeout) if deadline.expired else requests_failure(exc)
+            with response:
+                try:
+                    raw = read_body(response, settings, deadline=deadline.at, timeout=settings.timeout)
+                except AnswerCut as cut:
+                    return cut.attempt
         attempt = _rules.read_response(
             response.status_code, raw, response.headers.get("Retry-After"), settings.secrets
         )
