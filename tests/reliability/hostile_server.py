@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-__all__ = ["Body", "HostileServer", "Play", "echo_headers", "json_body"]
+__all__ = ["Body", "HostileServer", "Play", "echo_headers", "json_body", "widest_record"]
 
 Body = Literal["whole", "endless", "huge", "trickle", "headers_trickle"]
 """
@@ -55,6 +55,30 @@ class Play:
 def json_body(value: Any) -> bytes:
     """Any JSON value as a body."""
     return json.dumps(value).encode()
+
+
+def widest_record(status: str, *, max_url_length: int = 2048, max_images: int = 100) -> dict[str, Any]:
+    """
+    A record at the maximum of every field the provider keeps, in the characters JSON escapes the
+    widest: every free-text field far over its clip, and more image URLs than are counted, each
+    exactly ``max_url_length`` characters as JSON (half of them non-ASCII). About 0.9 MB as UTF-8.
+    """
+    wide = "\u2028"  # a line separator: six bytes as escaped JSON, three as UTF-8
+    prefix = "https://cdn.example.com/{:03d}/"
+    urls = [
+        (prefix.format(n) + "\u00e9" * 300).ljust(max_url_length - 5 * 300, "u")
+        if n % 2
+        else prefix.format(n).ljust(max_url_length, "u")
+        for n in range(max_images + 20)
+    ]
+    return {
+        "id": wide * 5_000,
+        "status": status,
+        "finishedAt": wide * 5_000,
+        "message": wide * 50_000,
+        "images": ["javascript:alert(1)", "https://cdn.example.com/" + "x" * 50_000, *urls],
+        "blob": wide * 50_000,
+    }
 
 
 def echo_headers(template: Callable[[str], Any]) -> Callable[[dict[str, str]], bytes]:

@@ -29,10 +29,11 @@ import pytest
 from airflow_provider_getimage import _rules, storage
 from airflow_provider_getimage.exceptions import GetImageError
 from airflow_provider_getimage.hooks.getimage import GetImageHook
+from airflow_provider_getimage.operators.getimage import GetImageDiffusionOperator
 from airflow_provider_getimage.sensors.getimage import GetImageDiffusionSensor
 from airflow_provider_getimage.triggers.getimage import GetImageDiffusionTrigger
 from tests.fakes import RecordingTI, task_context
-from tests.reliability.hostile_server import HostileServer, Play, echo_headers, json_body
+from tests.reliability.hostile_server import HostileServer, Play, echo_headers, json_body, widest_record
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -126,6 +127,27 @@ def no_images_beyond_the_cap(result: Result) -> None:
 
 def bounded_event(result: Result) -> None:
     assert len(json.dumps(result.data)) < _rules.RECORD_LIMIT + 4096
+
+
+WIDEST = widest_record("FINISHED", max_url_length=_rules.MAX_URL_LENGTH, max_images=_rules.MAX_IMAGES)
+EVENT_LIMIT = _rules.RECORD_LIMIT + _rules.IMAGE_URLS_LIMIT + 1024
+"""A success event: its record, its image URLs apart, and a few short fields."""
+
+
+def every_url_reaches_the_task(result: Result) -> None:
+    """The event holds its bound, and execute_complete returns every image URL from it."""
+    event = result.data or {}
+    assert len(json.dumps(event).encode()) <= EVENT_LIMIT
+    assert len(json.dumps(event["diffusion"]).encode()) <= _rules.RECORD_LIMIT
+    expected = _rules.web_image_urls(WIDEST)
+    assert len(expected) == _rules.MAX_IMAGES
+    for task in (
+        GetImageDiffusionOperator(task_id="make", prompt="a fox"),
+        GetImageDiffusionSensor(task_id="wait", diffusion_id="d1"),
+    ):
+        ti = RecordingTI()
+        assert task.execute_complete(task_context(ti), event) == expected
+        assert len(json.dumps(ti.pushed["diffusion"]).encode()) <= _rules.RECORD_LIMIT
 
 
 def sent_once(result: Result) -> None:
@@ -226,6 +248,14 @@ SCENARIOS: list[Scenario] = [
         "success",
         says=("truncated",),
         check=bounded_event,
+    ),
+    Scenario(
+        "FINISHED record at the maximum of every field (0.9 MB, widest escapes, 120 URLs)",
+        "trigger",
+        Play(body=json.dumps(WIDEST, ensure_ascii=False).encode()),
+        "success",
+        says=("truncated", "image URLs were kept"),
+        check=every_url_reaches_the_task,
     ),
     Scenario(
         "javascript:/file: URLs and 150 images",
