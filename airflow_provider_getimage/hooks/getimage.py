@@ -116,8 +116,9 @@ class GetImageHook(_HookMixin, HttpHook):
     """
     Talk to GetImage.io from a worker, synchronously.
 
-    One ``requests`` session (keep-alive) per hook; every request has a connect and a read
-    timeout; GETs are retried with backoff, a submission only where it provably was not taken.
+    One ``requests`` session (keep-alive) per hook; every request ends within the connection's
+    ``request_timeout`` in all, headers and body included (``hooks.deadlines``); GETs are retried
+    with backoff, a submission only where it provably was not taken.
 
     :param getimage_conn_id: the connection holding the API key (password) and base URL (host).
     :param retry_policy: how hard to retry; the default suits the public API.
