@@ -160,7 +160,9 @@ class Watchdog:
                 while heap and (heap[0][2].done or heap[0][0] <= now):
                     _, _, deadline = heapq.heappop(heap)
                     if not deadline.done:
-                        deadline.expire()
+                        # Never let one odd connection end the thread: every later deadline needs it.
+                        with contextlib.suppress(Exception):
+                            deadline.expire()
                 self._sleeping_until = heap[0][0] if heap else float("inf")
                 self._wake.wait(None if not heap else max(0.0, self._sleeping_until - now))
 
