@@ -54,6 +54,7 @@ __all__ = [
     "scrub",
     "scrub_value",
     "secret_forms",
+    "split_record",
     "submit_body",
     "too_large",
     "web_image_urls",
@@ -83,7 +84,9 @@ RECORD_LIMIT = 64 * 1024
 MAX_IMAGES = 100
 """Most image URLs taken from one diffusion; more are ignored."""
 MAX_URL_LENGTH = 2048
-"""Longest image URL taken; a longer one is not counted as an image."""
+"""Longest image URL taken, in characters as JSON (escapes included); a longer one is no image."""
+IMAGE_URLS_LIMIT = MAX_IMAGES * (MAX_URL_LENGTH + 4)
+"""The most bytes a diffusion's image URLs take as a JSON list (a trigger event carries them apart)."""
 MAX_ID_LENGTH = 200
 """Longest diffusion id accepted (the service's are 36-character UUIDs)."""
 MAX_PROMPT_LENGTH = 10_000
@@ -167,10 +170,18 @@ def image_urls(diffusion: object) -> list[str]:
 def web_image_urls(diffusion: object) -> list[str]:
     """
     The image URLs that count as a diffusion's images: http(s) URLs of at most ``MAX_URL_LENGTH``
-    characters (a ``javascript:`` or ``file:`` URL is no image), at most ``MAX_IMAGES`` of them.
+    characters as JSON (a ``javascript:`` or ``file:`` URL is no image), at most ``MAX_IMAGES`` of
+    them, so they take at most ``IMAGE_URLS_LIMIT`` bytes wherever they are stored.
     """
-    urls = (url for url in image_urls(diffusion) if len(url) <= MAX_URL_LENGTH and _is_web_url(url))
+    urls = (url for url in image_urls(diffusion) if _json_length(url) <= MAX_URL_LENGTH and _is_web_url(url))
     return list(itertools.islice(urls, MAX_IMAGES))
+
+
+def _json_length(text: str) -> int:
+    """Characters of ``text`` once JSON-escaped (quotes excluded): a control character takes six."""
+    if len(text) > MAX_URL_LENGTH:  # escapes only lengthen it: no need to escape a long one
+        return len(text)
+    return len(json.dumps(text)) - 2
 
 
 def _entry_url(entry: object) -> str:
@@ -258,28 +269,63 @@ def record_problem(record: object) -> str | None:
 
 def bounded_record(record: Mapping[str, Any], limit: int = RECORD_LIMIT) -> dict[str, Any]:
     """
-    A record small enough for XCom or a trigger event: as it is when its JSON fits in ``limit``
-    bytes, else cut to ``id``, ``status``, ``finishedAt``, the failure reason (clipped) and the
-    normalised image URLs, with a ``truncated`` note saying so.
+    A record small enough for XCom or a trigger event: its JSON is at most ``limit`` bytes.
+
+    A record that fits is kept as it is; a larger one is cut (:func:`split_record`).
+    """
+    return split_record(record, limit)[0]
+
+
+def split_record(
+    record: Mapping[str, Any], limit: int = RECORD_LIMIT
+) -> tuple[dict[str, Any], list[str] | None]:
+    """
+    A record cut to at most ``limit`` bytes of JSON, and the image URLs when it had to be cut.
+
+    A record that fits comes back whole, with None. A larger one is cut to ``id``, ``status``,
+    ``finishedAt``, the failure reason (clipped) and as many of its image URLs
+    (:func:`web_image_urls`) as fit, with a ``truncated`` note saying how many; all its image
+    URLs come back apart (at most ``IMAGE_URLS_LIMIT`` bytes), for a trigger event to carry them
+    to the task, whose result they are.
     """
     try:
-        size = len(json.dumps(record, default=str).encode())
+        size = _json_size(record)
     except (TypeError, ValueError, RecursionError):
         size = limit + 1
     if size <= limit:
-        return dict(record)
+        return dict(record), None
     kept: dict[str, Any] = {
-        name: record[name] for name in ("id", "status", "finishedAt") if isinstance(record.get(name), str)
+        name: clip(record[name], MAX_ID_LENGTH)
+        for name in ("id", "status", "finishedAt")
+        if isinstance(record.get(name), str)
     }
-    kept = {name: clip(value, MAX_ID_LENGTH) for name, value in kept.items()}
     if classify(record.get("status")) == "failed":
         kept["error"] = failure_reason(record)
-    kept["images"] = web_image_urls(record)
-    kept["truncated"] = (
-        f"the record was {size} bytes, over the {limit}-byte cap: only id, status, finishedAt, "
-        "the failure reason and the image URLs were kept"
-    )
-    return kept
+    urls = web_image_urls(record)
+
+    def note(count: int) -> str:
+        return (
+            f"the record was {size} bytes, over the {limit}-byte cap: only id, status, finishedAt, "
+            f"the failure reason and {count} of its {len(urls)} image URLs were kept"
+        )
+
+    room = limit - _json_size({**kept, "images": [], "truncated": note(len(urls))})
+    count = 0
+    for url in urls:
+        room -= _json_size(url) + 2  # the URL and its ", " separator
+        if room < 0:
+            break
+        count += 1
+    kept["images"] = urls[:count]
+    kept["truncated"] = note(count)
+    if _json_size(kept) > limit:  # only with a limit below a few kilobytes: keep the note alone
+        kept = {"truncated": note(0)}
+    return kept, urls
+
+
+def _json_size(value: object) -> int:
+    """Bytes of ``value`` as JSON, as XCom and trigger events store it."""
+    return len(json.dumps(value, default=str).encode())
 
 
 # ------------------------------------------------------------------------------------ secrets

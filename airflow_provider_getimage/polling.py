@@ -236,7 +236,9 @@ def result_from_event(event: Mapping[str, Any] | None) -> dict[str, Any]:
     The final record from a diffusion trigger's event, or the error it stands for.
 
     Shared by the operator's and the sensor's ``execute_complete``, so both fail the same way and
-    always name the diffusion.
+    always name the diffusion. A record the trigger had to cut comes with its image URLs apart
+    (``images``); they are put back, so the task returns them all. An event of an older version
+    has no ``images``: its cut record kept every URL.
     """
     if not event or "status" not in event:
         raise GetImageError(f"The GetImage.io trigger sent no usable event: {event!r}")
@@ -244,7 +246,10 @@ def result_from_event(event: Mapping[str, Any] | None) -> dict[str, Any]:
     message = _rules.clip(str(event.get("message") or ""))
     status = event["status"]
     if status == "success" and isinstance(event.get("diffusion"), dict):
-        return dict(event["diffusion"])
+        record = dict(event["diffusion"])
+        if isinstance(event.get("images"), list):
+            record["images"] = [url for url in event["images"] if isinstance(url, str)]
+        return record
     if status == "failed":
         record = event.get("diffusion") or {"status": "FAILED", "message": message}
         raise diffusion_failed(diffusion_id, record)

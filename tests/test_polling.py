@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from airflow_provider_getimage import _rules
 from airflow_provider_getimage.exceptions import (
     GetImageAuthError,
     GetImageDiffusionFailed,
@@ -15,7 +17,7 @@ from airflow_provider_getimage.exceptions import (
     GetImageNotFoundError,
     GetImageTimeoutError,
 )
-from airflow_provider_getimage.polling import DiffusionWatch, push_finished
+from airflow_provider_getimage.polling import DiffusionWatch, push_finished, result_from_event
 from tests.fakes import RecordingTI, task_context
 
 if TYPE_CHECKING:
@@ -193,3 +195,43 @@ def test_push_finished_pushes_both_xcoms_and_refuses_a_record_without_images() -
     with pytest.raises(GetImageError, match="FINISHED but lists no image URL") as err:
         push_finished(task_context(RecordingTI()), LOG, DIFFUSION_ID, {"status": "FINISHED", "images": []})
     assert err.value.diffusion_id == DIFFUSION_ID
+
+
+URLS = [f"https://cdn.example.com/{n}/".ljust(_rules.MAX_URL_LENGTH, "u") for n in range(_rules.MAX_IMAGES)]
+BIG = {"id": DIFFUSION_ID, "status": "FINISHED", "images": URLS, "blob": "b" * 100_000}
+
+
+def test_a_cut_record_comes_back_with_every_image_url() -> None:
+    """The trigger's event carries a cut record's URLs apart; the task returns them all."""
+    cut, urls = _rules.split_record(BIG)
+    assert urls == URLS
+    assert len(cut["images"]) < len(URLS), "the record alone could not keep them all"
+    event = {
+        "status": "success",
+        "diffusion_id": DIFFUSION_ID,
+        "message": "",
+        "diffusion": cut,
+        "images": urls,
+    }
+    ti = RecordingTI()
+    assert push_finished(task_context(ti), LOG, DIFFUSION_ID, result_from_event(event)) == URLS
+    assert len(json.dumps(ti.pushed["diffusion"]).encode()) <= _rules.RECORD_LIMIT
+
+
+def test_an_event_of_the_previous_version_is_still_read() -> None:
+    """A trigger deferred before an upgrade sent its cut record with every URL inside, no ``images``."""
+    old_cut = {
+        "id": DIFFUSION_ID,
+        "status": "FINISHED",
+        "images": URLS,
+        "truncated": "the record was 300000 bytes, over the 65536-byte cap: only id, status, ...",
+    }
+    event = {"status": "success", "diffusion_id": DIFFUSION_ID, "message": "", "diffusion": old_cut}
+    ti = RecordingTI()
+    assert push_finished(task_context(ti), LOG, DIFFUSION_ID, result_from_event(event)) == URLS
+    assert len(json.dumps(ti.pushed["diffusion"]).encode()) <= _rules.RECORD_LIMIT
+
+
+def test_image_urls_apart_are_type_checked() -> None:
+    event = {"status": "success", "diffusion_id": "d", "diffusion": {"id": "d"}, "images": ["https://x/1", 3]}
+    assert result_from_event(event)["images"] == ["https://x/1"]

@@ -14,6 +14,7 @@ import pytest
 
 from airflow_provider_getimage import _rules
 from airflow_provider_getimage._rules import Attempt, RetryPolicy
+from tests.reliability.hostile_server import widest_record
 
 
 @pytest.mark.parametrize(
@@ -570,3 +571,35 @@ def test_read_response_keeps_a_record_without_the_key_as_it_is() -> None:
     body = b'{"id": "abc", "status": "PROCESSING", "images": [{"url": "https://x/y.png"}]}'
     attempt = _rules.read_response(200, body, secrets=_rules.secret_forms("sk-live-123"))
     assert attempt.data == json.loads(body)
+
+
+@pytest.mark.parametrize("status", ["FINISHED", "FAILED"])
+def test_a_cut_record_holds_its_bound_at_the_maximum_of_every_field(status: str) -> None:
+    record = widest_record(status)
+    cut, urls = _rules.split_record(record)
+    assert len(json.dumps(cut).encode()) <= _rules.RECORD_LIMIT
+    assert urls is not None
+    assert len(urls) == _rules.MAX_IMAGES
+    assert all(len(json.dumps(url)) - 2 == _rules.MAX_URL_LENGTH for url in urls), "all at the maximum"
+    assert len(json.dumps(urls).encode()) <= _rules.IMAGE_URLS_LIMIT
+    assert cut["images"] == urls[: len(cut["images"])]
+    assert f"{len(cut['images'])} of its {_rules.MAX_IMAGES} image URLs were kept" in cut["truncated"]
+    assert _rules.bounded_record(record) == cut
+
+
+def test_a_record_that_fits_is_kept_whole_with_no_urls_apart() -> None:
+    record = {"id": "d1", "status": "FINISHED", "images": [{"url": "https://x/1.png"}]}
+    assert _rules.split_record(record) == (record, None)
+
+
+@pytest.mark.parametrize(
+    ("url", "counted"),
+    [
+        ("https://x/" + "a" * (_rules.MAX_URL_LENGTH - 10), True),
+        ("https://x/" + "a" * (_rules.MAX_URL_LENGTH - 9), False),
+        ("https://x/" + "\u00e9" * 300, True),
+        ("https://x/" + "\u00e9" * 400, False),  # 410 characters, 2,410 as JSON
+    ],
+)
+def test_the_url_length_cap_counts_json_escapes(url: str, counted: bool) -> None:
+    assert (_rules.web_image_urls({"images": [url]}) == [url]) is counted

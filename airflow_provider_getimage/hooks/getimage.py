@@ -31,6 +31,7 @@ from airflow_provider_getimage.exceptions import (
     GetImageSubmitUncertainError,
     GetImageTimeoutError,
 )
+from airflow_provider_getimage.hooks.deadlines import WATCHDOG, DeadlineAdapter
 from airflow_provider_getimage.hooks.limiter import rate_limit_pause, sync_limiter
 from airflow_provider_getimage.hooks.sessions import SHARED_SESSIONS
 from airflow_provider_getimage.hooks.settings import (
@@ -49,6 +50,7 @@ from airflow_provider_getimage.hooks.transport import (
     read_body,
     read_body_async,
     requests_failure,
+    timed_out,
 )
 from airflow_provider_getimage.polling import DiffusionWatch, checked_record
 
@@ -118,8 +120,9 @@ class GetImageHook(_HookMixin, HttpHook):
     """
     Talk to GetImage.io from a worker, synchronously.
 
-    One ``requests`` session (keep-alive) per hook; every request has a connect and a read
-    timeout; GETs are retried with backoff, a submission only where it provably was not taken.
+    One ``requests`` session (keep-alive) per hook; every request ends within the connection's
+    ``request_timeout`` in all, headers and body included (``hooks.deadlines``); GETs are retried
+    with backoff, a submission only where it provably was not taken.
 
     :param getimage_conn_id: the connection holding the API key (password) and base URL (host).
     :param retry_policy: how hard to retry; the default suits the public API.
@@ -193,10 +196,13 @@ class GetImageHook(_HookMixin, HttpHook):
             session = requests.Session()
             session.headers.update(_rules.headers(settings.api_key))
             session.verify = settings.verify
-            adapter = self.adapter or self.keep_alive_adapter  # HttpHook's TCP keep-alive by default
-            if adapter is not None:
-                session.mount("https://", adapter)
-                session.mount("http://", adapter)
+            # A DeadlineAdapter (the whole-request deadline), with HttpHook's TCP keep-alive options;
+            # an adapter given to the hook is mounted as it is (its header phase then has only the
+            # per-read timeout).
+            keep_alive = getattr(self.keep_alive_adapter, "socket_options", None)
+            adapter = self.adapter or DeadlineAdapter(socket_options=keep_alive)
+            session.mount("https://", adapter)
+            session.mount("http://", adapter)
             self._session = session
         if headers:
             self._session.headers.update(headers)
@@ -221,25 +227,26 @@ class GetImageHook(_HookMixin, HttpHook):
         session, settings = self.get_conn(), self.settings
         if self._limiter is not None:
             self._limiter.acquire()
-        deadline = time.monotonic() + settings.timeout
-        try:
-            response = session.request(
-                method,
-                settings.base_url + path,
-                json=body,
-                timeout=(_rules.CONNECT_TIMEOUT, settings.timeout),
-                # Per request: requests lets REQUESTS_CA_BUNDLE override a session's verify.
-                verify=settings.verify,
-                allow_redirects=False,
-                stream=True,  # read by read_body: bounded in size and in time
-            )
-        except requests.RequestException as exc:
-            return requests_failure(exc)
-        with response:
+        # The watchdog bounds the whole request, status line and headers included (hooks.deadlines).
+        with WATCHDOG.arm(settings.timeout) as deadline:
             try:
-                raw = read_body(response, settings, deadline=deadline, timeout=settings.timeout)
-            except AnswerCut as cut:
-                return cut.attempt
+                response = session.request(
+                    method,
+                    settings.base_url + path,
+                    json=body,
+                    timeout=(min(_rules.CONNECT_TIMEOUT, settings.timeout), settings.timeout),
+                    # Per request: requests lets REQUESTS_CA_BUNDLE override a session's verify.
+                    verify=settings.verify,
+                    allow_redirects=False,
+                    stream=True,  # read by read_body: bounded in size and in time
+                )
+            except requests.RequestException as exc:
+                return timed_out(settings.timeout) if deadline.expired else requests_failure(exc)
+            with response:
+                try:
+                    raw = read_body(response, settings, deadline=deadline.at, timeout=settings.timeout)
+                except AnswerCut as cut:
+                    return cut.attempt
         attempt = _rules.read_response(
             response.status_code, raw, response.headers.get("Retry-After"), settings.secrets
         )
@@ -447,12 +454,12 @@ class GetImageAsyncHook(_HookMixin, HttpAsyncHook):
     ) -> dict[str, Any]:
         # The first attempt before the loop: most calls need no retry, and a poll that builds no
         # closures leaves less for the collector to promote (a triggerer makes a thousand a second).
-        first = await self._attempt(method, path, body)
+        # A retry keeps the first attempt's due time: under a rate limit it goes before newer polls.
+        due = asyncio.get_running_loop().time()
+        first = await self._attempt(method, path, body, due)
         if not isinstance(first, Attempt):
             return first
         settings = self._settings or await self.get_settings()
-        # A retry keeps the first attempt's due time: under a rate limit it goes before newer polls.
-        due = asyncio.get_running_loop().time()
         return await call_with_retries_async(
             lambda: self._attempt(method, path, body, due),
             lambda: api_retries(method, path, settings, self.retry_policy, self.log, diffusion_id, deadline),

@@ -10,24 +10,27 @@ to repeat. What is done with the bytes (``storage.ImageStore``) is the caller's.
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
 import requests
 
 from airflow_provider_getimage import __version__, _rules
 from airflow_provider_getimage.exceptions import GetImageError
+from airflow_provider_getimage.hooks.deadlines import WATCHDOG, DeadlineAdapter
 from airflow_provider_getimage.hooks.transport import (
     AnswerCut,
     Retries,
     body_chunks,
     call_with_retries,
     requests_failure,
+    timed_out,
 )
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from types import TracebackType
+
+    from airflow_provider_getimage.hooks.deadlines import RequestDeadline
 
 __all__ = [
     "DEFAULT_DOWNLOAD_ATTEMPTS",
@@ -95,7 +98,7 @@ class ImageFetcher:
         self.log = log
         self.max_image_bytes = max_image_bytes
         self.request_timeout = request_timeout
-        self.timeout = (_rules.CONNECT_TIMEOUT, request_timeout)
+        self.timeout = (min(_rules.CONNECT_TIMEOUT, request_timeout), request_timeout)
         base = retry_policy or DEFAULT_RETRY_POLICY
         self.policy = _rules.RetryPolicy(
             max_attempts=attempts,
@@ -106,6 +109,9 @@ class ImageFetcher:
         self._session = _AnonymousSession()
         self._session.auth = _NoCredentials()
         self._session.headers["User-Agent"] = f"airflow-provider-getimage/{__version__}"
+        adapter = DeadlineAdapter()
+        self._session.mount("https://", adapter)
+        self._session.mount("http://", adapter)
 
     def __enter__(self) -> ImageFetcher:
         return self
@@ -144,7 +150,13 @@ class ImageFetcher:
         )
 
     def _attempt(self, url: str, write: Callable[[str, Iterator[bytes]], T]) -> T | _rules.Attempt:
-        deadline = time.monotonic() + self.request_timeout
+        # The watchdog bounds the whole attempt, status line and headers included (hooks.deadlines).
+        with WATCHDOG.arm(self.request_timeout) as deadline:
+            return self._attempt_within(url, write, deadline)
+
+    def _attempt_within(
+        self, url: str, write: Callable[[str, Iterator[bytes]], T], deadline: RequestDeadline
+    ) -> T | _rules.Attempt:
         try:
             with self._session.get(url, stream=True, timeout=self.timeout) as response:
                 if not 200 <= response.status_code < 300:
@@ -166,9 +178,9 @@ class ImageFetcher:
                         f"({self.max_image_bytes}): nothing was saved.",
                         status_code=response.status_code,
                     )
-                return write(content_type, self._chunks(response, url, deadline))
+                return write(content_type, self._chunks(response, url, deadline.at))
         except requests.RequestException as exc:
-            return requests_failure(exc)
+            return timed_out(self.request_timeout) if deadline.expired else requests_failure(exc)
         except AnswerCut as cut:
             return cut.attempt
 

@@ -47,6 +47,7 @@ __all__ = [
     "read_body",
     "read_body_async",
     "requests_failure",
+    "timed_out",
     "urllib3_failure",
 ]
 
@@ -112,7 +113,7 @@ def aiohttp_failure(exc: BaseException, timeout: float) -> Attempt:
     """
     kind = _aiohttp_kind(exc)
     if kind == "read_timeout" and not str(exc):  # the total timeout: aiohttp says nothing more
-        return Attempt(failure=kind, message=f"no complete answer within {timeout:g} s")
+        return timed_out(timeout)
     return Attempt(failure=kind, message=describe(exc))
 
 
@@ -157,6 +158,11 @@ def api_error(
 
 
 # ------------------------------------------------------------------------------- bounded bodies
+def timed_out(timeout: float) -> Attempt:
+    """The failed attempt of a request that did not complete within its whole-request ``timeout``."""
+    return Attempt(failure="read_timeout", message=f"no complete answer within {timeout:g} s")
+
+
 class AnswerCut(Exception):
     """A streamed answer abandoned mid-way (too slow, too large, broken); holds the failed attempt."""
 
@@ -174,7 +180,8 @@ def body_chunks(
     A socket timeout bounds each read, not the answer: a server that trickles a byte a second is
     never timed out by it. Each read here returns what one receive brings (``read1``), and the
     answer is abandoned once the deadline (``time.monotonic()``) has passed, so the whole answer
-    takes at most its deadline plus one read timeout.
+    takes at most its deadline plus one read timeout (or just its deadline, under the watchdog of
+    ``hooks.deadlines``, whose shut socket reads as an early end: that is a timeout, not the end).
 
     :param timeout: the whole-request timeout the deadline came from, for the message.
     :raises AnswerCut: past the deadline, or when the connection broke mid-answer.
@@ -183,13 +190,15 @@ def body_chunks(
         try:
             chunk = response.raw.read1(chunk_size, decode_content=True)
         except urllib3.exceptions.HTTPError as exc:
+            if time.monotonic() >= deadline:  # the watchdog shut the socket (hooks.deadlines)
+                raise AnswerCut(timed_out(timeout)) from None
             raise AnswerCut(urllib3_failure(exc)) from None
         if not chunk:
+            if time.monotonic() >= deadline:  # an end the watchdog made is no end of the answer
+                raise AnswerCut(timed_out(timeout))
             return
         if time.monotonic() > deadline:
-            raise AnswerCut(
-                Attempt(failure="read_timeout", message=f"no complete answer within {timeout:g} s")
-            )
+            raise AnswerCut(timed_out(timeout))
         yield chunk
 
 

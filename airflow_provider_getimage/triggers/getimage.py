@@ -38,6 +38,9 @@ class DiffusionEvent(TypedDict):
     diffusion_id: str
     message: str
     diffusion: NotRequired[dict[str, Any]]
+    """The final record, at most ``_rules.RECORD_LIMIT`` bytes as JSON (cut when larger)."""
+    images: NotRequired[list[str]]
+    """Only when ``diffusion`` was cut: all its image URLs (at most ``_rules.IMAGE_URLS_LIMIT`` bytes)."""
 
 
 class GetImageDiffusionTrigger(BaseTrigger):
@@ -84,14 +87,19 @@ class GetImageDiffusionTrigger(BaseTrigger):
         return f"{type(self).__module__}.{type(self).__qualname__}", kwargs
 
     def _event(self, status: EventStatus, message: str, record: dict[str, Any] | None = None) -> TriggerEvent:
-        """The one event, bounded: its message clipped, its record cut to ``_rules.RECORD_LIMIT``."""
+        """
+        The one event, bounded: its message clipped, its record cut to ``_rules.RECORD_LIMIT``; the
+        image URLs of a cut record travel apart, so the task's result holds them all.
+        """
         payload: DiffusionEvent = {
             "status": status,
             "diffusion_id": self.diffusion_id,
             "message": _rules.clip(message),
         }
         if record is not None:
-            payload["diffusion"] = _rules.bounded_record(record)
+            payload["diffusion"], urls = _rules.split_record(record)
+            if urls is not None and status == "success":
+                payload["images"] = urls
         return TriggerEvent(payload)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:

@@ -29,10 +29,11 @@ import pytest
 from airflow_provider_getimage import _rules, storage
 from airflow_provider_getimage.exceptions import GetImageError
 from airflow_provider_getimage.hooks.getimage import GetImageHook
+from airflow_provider_getimage.operators.getimage import GetImageDiffusionOperator
 from airflow_provider_getimage.sensors.getimage import GetImageDiffusionSensor
 from airflow_provider_getimage.triggers.getimage import GetImageDiffusionTrigger
 from tests.fakes import RecordingTI, task_context
-from tests.reliability.hostile_server import HostileServer, Play, echo_headers, json_body
+from tests.reliability.hostile_server import HostileServer, Play, echo_headers, json_body, widest_record
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -58,6 +59,8 @@ class Result:
     error: BaseException | None = None
     data: dict[str, Any] | None = None
     elapsed: float = 0.0
+    hits: dict[str, int] = field(default_factory=dict)
+    """Requests the server saw, per path."""
 
     @property
     def text(self) -> str:
@@ -103,6 +106,10 @@ def finished(**fields: Any) -> Play:
 ENDLESS = Play(body=b'{"id": "d1", "status": "PROCESSING", "pad": "' + b"x" * 1024, stream="endless")
 HUGE = Play(body=b" ", stream="huge")
 TRICKLE = Play(body=json_body({"id": "d1", "status": "FINISHED", "images": [OK_URL]}), stream="trickle")
+HEADERS_TRICKLE = Play(
+    body=json_body({"id": "d1", "status": "FINISHED", "images": [OK_URL]}), stream="headers_trickle"
+)
+IMAGE_HEADERS_TRICKLE = Play(body=b"\x89PNG\r\n\x1a\n", stream="headers_trickle", content_type="image/png")
 IMAGE_ENDLESS = Play(body=b"\x89PNG" * 1024, stream="endless", content_type="image/png")
 IMAGE_TRICKLE = Play(body=b"\x89PNG\r\n\x1a\n" * 4, stream="trickle", content_type="image/png")
 ECHO_500 = Play(500, echo_headers(lambda headers: {"error": {"message": f"upstream said: {headers}"}}))
@@ -120,6 +127,31 @@ def no_images_beyond_the_cap(result: Result) -> None:
 
 def bounded_event(result: Result) -> None:
     assert len(json.dumps(result.data)) < _rules.RECORD_LIMIT + 4096
+
+
+WIDEST = widest_record("FINISHED", max_url_length=_rules.MAX_URL_LENGTH, max_images=_rules.MAX_IMAGES)
+EVENT_LIMIT = _rules.RECORD_LIMIT + _rules.IMAGE_URLS_LIMIT + 1024
+"""A success event: its record, its image URLs apart, and a few short fields."""
+
+
+def every_url_reaches_the_task(result: Result) -> None:
+    """The event holds its bound, and execute_complete returns every image URL from it."""
+    event = result.data or {}
+    assert len(json.dumps(event).encode()) <= EVENT_LIMIT
+    assert len(json.dumps(event["diffusion"]).encode()) <= _rules.RECORD_LIMIT
+    expected = _rules.web_image_urls(WIDEST)
+    assert len(expected) == _rules.MAX_IMAGES
+    for task in (
+        GetImageDiffusionOperator(task_id="make", prompt="a fox"),
+        GetImageDiffusionSensor(task_id="wait", diffusion_id="d1"),
+    ):
+        ti = RecordingTI()
+        assert task.execute_complete(task_context(ti), event) == expected
+        assert len(json.dumps(ti.pushed["diffusion"]).encode()) <= _rules.RECORD_LIMIT
+
+
+def sent_once(result: Result) -> None:
+    assert result.hits == {"/v1/diffusions": 1}, "a submission whose answer was lost is never resent"
 
 
 def bounded(result: Result) -> None:
@@ -151,6 +183,22 @@ SCENARIOS: list[Scenario] = [
     ),
     *on_paths(POLLS, "1 byte a second", TRICKLE, TIMEOUT),
     Scenario("image at 1 byte a second", "download", IMAGE_TRICKLE, "GetImageError", says=("2 s",)),
+    *on_paths(POLLS, "status line and headers at 1 byte a second", HEADERS_TRICKLE, TIMEOUT),
+    Scenario(
+        "status line and headers at 1 byte a second",
+        "submit",
+        HEADERS_TRICKLE,
+        "GetImageSubmitUncertainError",
+        says=("within 2 s", "may have been created"),
+        check=sent_once,
+    ),
+    Scenario(
+        "image whose status line and headers come at 1 byte a second",
+        "download",
+        IMAGE_HEADERS_TRICKLE,
+        "GetImageError",
+        says=("within 2 s",),
+    ),
     # ----------------------------------------------------------------------------- key echoed
     Scenario("500 echoing the request headers", "sync hook", ECHO_500, "GetImageTimeoutError"),
     Scenario("401 echoing the headers, raw and percent-encoded", "sync hook", ECHO_401, "GetImageAuthError"),
@@ -200,6 +248,14 @@ SCENARIOS: list[Scenario] = [
         "success",
         says=("truncated",),
         check=bounded_event,
+    ),
+    Scenario(
+        "FINISHED record at the maximum of every field (0.9 MB, widest escapes, 120 URLs)",
+        "trigger",
+        Play(body=json.dumps(WIDEST, ensure_ascii=False).encode()),
+        "success",
+        says=("truncated", "image URLs were kept"),
+        check=every_url_reaches_the_task,
     ),
     Scenario(
         "javascript:/file: URLs and 150 images",
@@ -262,8 +318,8 @@ def run(scenario: Scenario, server: HostileServer, tmp_path: Path) -> Result:
     try:
         outcome, data = call(scenario.path, server, tmp_path)
     except (GetImageError, ValueError) as err:
-        return Result(outcome_of(err), error=err, elapsed=time.monotonic() - started)
-    return Result(outcome, data=data, elapsed=time.monotonic() - started)
+        return Result(outcome_of(err), error=err, elapsed=time.monotonic() - started, hits=dict(server.hits))
+    return Result(outcome, data=data, elapsed=time.monotonic() - started, hits=dict(server.hits))
 
 
 def call(path: Path_, server: HostileServer, tmp_path: Path) -> tuple[str, dict[str, Any] | None]:
@@ -295,11 +351,15 @@ def call(path: Path_, server: HostileServer, tmp_path: Path) -> tuple[str, dict[
     return payload["status"], payload
 
 
+SLACK = 0.25
+"""The share of a ``request_timeout`` allowed on top of a time bound: start-up and a loaded machine."""
+
+
 def time_bound(path: Path_) -> float:
     """How long a path may take: within one ``request_timeout`` of its deadline (or of one request)."""
     return {"sync hook": WAIT, "trigger": WAIT, "download": REQUEST_TIMEOUT}.get(
         path, REQUEST_TIMEOUT
-    ) + REQUEST_TIMEOUT
+    ) + REQUEST_TIMEOUT * (1 + SLACK)
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.id for s in SCENARIOS])
