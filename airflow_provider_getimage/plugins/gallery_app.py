@@ -482,7 +482,8 @@ def create_app() -> FastAPI:
         Depends(requires_access_dag("GET", DagAccessEntity.XCOM)),
     ]
 
-    @app.get(GALLERY_ROUTE, response_class=HTMLResponse, dependencies=access)
+    # response_model=None: a page or, for a mapped task's parent, a redirect (no JSON model).
+    @app.get(GALLERY_ROUTE, response_class=HTMLResponse, response_model=None, dependencies=access)
     def gallery(
         dag_id: str, run_id: str, task_id: str, session: SessionDep, map_index: str = "-1"
     ) -> HTMLResponse | RedirectResponse:

@@ -1023,7 +1023,7 @@ def _card(item: Item, root: str, prefix: str, *, compact: bool = False) -> str:
     elif item.kind in ("diffusion", "task") and task.state in FAILED_STATES:
         parts.append(_task_failure(task, None, CARD_TEXT_LIMIT))
     if item.kind == "download":
-        parts.extend(_file_list(item.files, CARD_FILES, CARD_FIELD_LIMIT))
+        parts.extend(_file_list(item.files, CARD_FILES))
     urls = [url for url in item.image_urls if isinstance(url, str)]
     limit = 4 if compact else CARD_IMAGES
     if urls:
