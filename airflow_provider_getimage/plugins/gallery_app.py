@@ -405,6 +405,12 @@ def load_run(
     if run is None:
         return None
     items, notes = run_items(session, dag_id, run_id, task_id)
+    # Tasks in the order they started (a download after the diffusions it saves), then by id.
+    first: dict[str, float] = {}
+    for item in items:
+        started = item.task.start_date.timestamp() if item.task.start_date is not None else math.inf
+        first[item.task.task_id] = min(first.get(item.task.task_id, math.inf), started)
+    items.sort(key=lambda item: (first[item.task.task_id], item.task.task_id))  # stable: map index order
     pages = max(1, math.ceil(len(items) / ITEMS_PER_PAGE))
     page = min(page, pages)
     shown = items[(page - 1) * ITEMS_PER_PAGE : page * ITEMS_PER_PAGE]
@@ -415,7 +421,8 @@ def load_run(
     for item in shown:
         grouped.setdefault(item.task.task_id, []).append(item)
     groups = tuple(TaskGroup(task, tuple(found), totals[task]) for task, found in grouped.items())
-    return RunView(run, groups, page, pages, len(items), task_id, tuple(notes))
+    diffusions = sum(1 for item in items if item.kind != "download")
+    return RunView(run, groups, page, pages, len(items), task_id, tuple(notes), diffusions)
 
 
 def load_history(session: Session, dag_id: str) -> HistoryView:

@@ -81,8 +81,8 @@ CARD_FIELD_LIMIT = 120
 """Longest short field on a card (id, model, status, a parameter's value)."""
 CARD_IMAGES = 16
 """Most thumbnails one card shows; the task instance's own page shows up to ``MAX_THUMBNAILS``."""
-CARD_FILES = 20
-"""Most stored files one card lists."""
+CARD_FILES = 5
+"""Most stored files one card lists (the download task's own page lists up to ``MAX_THUMBNAILS``)."""
 PARAMETERS_SHOWN = 12
 """Most request parameters a page lists; the rest are counted."""
 CARDS_BUDGET = 200 * 1024
@@ -153,6 +153,7 @@ figcaption { color: var(--muted); font-size: 12px; margin-top: 4px; word-break: 
 .card dl { font-size: 13px; margin: 0 0 8px; }
 .files { margin: 0 0 8px; padding-left: 20px; word-break: break-all; }
 .pager { display: flex; gap: 16px; align-items: center; margin: 16px 0; }
+.px { white-space: nowrap; }
 .note { color: var(--muted); }
 """
 _STYLE_HASH = base64.b64encode(hashlib.sha256(_STYLE.encode()).digest()).decode()
@@ -812,7 +813,8 @@ def _file_list(files: object, limit: int, field_limit: int = FIELD_LIMIT) -> lis
     shown = [f"<li><code>{_field(name, field_limit)}</code></li>" for name in files[:limit]]
     parts = [f'<ol class="files">{"".join(shown)}</ol>'] if shown else []
     if len(files) > limit:
-        parts.append(f'<p class="note">… and {_count(len(files) - limit, "more file")}, not listed.</p>')
+        where = "not listed" if limit >= MAX_THUMBNAILS else "on the task's page"
+        parts.append(f'<p class="note">… and {_count(len(files) - limit, "more file")}, {where}.</p>')
     return parts
 
 
@@ -903,6 +905,7 @@ class RunView:
     :param total: the run's items in all.
     :param task_id: when set, the page shows this task only (a mapped task's parent).
     :param notes: what could not be read (a manifest too large, not found...), as sentences.
+    :param diffusions: how many of the run's items are diffusions (not downloads).
     """
 
     run: TaskInfo
@@ -912,6 +915,7 @@ class RunView:
     total: int = 0
     task_id: str | None = None
     notes: tuple[str, ...] = ()
+    diffusions: int = 0
 
 
 @dataclass(frozen=True)
@@ -1091,7 +1095,7 @@ def render_run(view: RunView) -> str:
         ),
         f"<h1>{_e(heading)}</h1>",
         f'<p class="where">{_e(_text(where, 3 * FIELD_LIMIT + 16))}</p>',
-        _rows([*_run_rows(run), ("Diffusions", _e(str(view.total)))]),
+        _rows([*_run_rows(run), ("Diffusions", _e(str(view.diffusions)))]),
     ]
     for note in view.notes[:10]:
         parts.append(f'<p class="note">{_field(note, MESSAGE_LIMIT // 4)}</p>')
