@@ -18,7 +18,10 @@ serve both kinds of test; without Chromium only the browser tests skip.
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -50,7 +53,6 @@ from tests.plugins.test_gallery_page import assert_own_script
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
     from playwright.sync_api import Dialog, Frame, Page
 
@@ -91,9 +93,19 @@ def mapped_run_id(airflow: AirflowDeployment) -> str:
 
 
 @pytest.fixture(scope="module")
-def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One folder for every view's screenshot, printed so a reviewer can open them."""
-    folder = tmp_path_factory.mktemp("gallery-screenshots")
+def screenshots() -> Path:
+    """
+    One folder for every view's screenshot, printed so a reviewer can open them.
+
+    Outside pytest's own temporary folders, which later sessions rotate away:
+    ``$GETIMAGE_SCREENSHOTS_DIR``, else a new folder under the system's temporary directory.
+    """
+    root = os.environ.get("GETIMAGE_SCREENSHOTS_DIR")
+    if root:
+        folder = Path(root)
+        folder.mkdir(parents=True, exist_ok=True)
+    else:
+        folder = Path(tempfile.mkdtemp(prefix="getimage-gallery-screenshots-"))
     print(f"\ngallery screenshots: {folder}")
     return folder
 
