@@ -379,6 +379,12 @@ def run_items(
                 finished_at=record.get("finishedAt"),
             )
         )
+    # Tasks in the order they started (a download after the diffusions it saves), then by id.
+    first: dict[str, float] = {}
+    for item in items:
+        started = item.task.start_date.timestamp() if item.task.start_date is not None else math.inf
+        first[item.task.task_id] = min(first.get(item.task.task_id, math.inf), started)
+    items.sort(key=lambda item: (first[item.task.task_id], item.task.task_id))  # stable: map index order
     return items, notes
 
 
@@ -405,12 +411,6 @@ def load_run(
     if run is None:
         return None
     items, notes = run_items(session, dag_id, run_id, task_id)
-    # Tasks in the order they started (a download after the diffusions it saves), then by id.
-    first: dict[str, float] = {}
-    for item in items:
-        started = item.task.start_date.timestamp() if item.task.start_date is not None else math.inf
-        first[item.task.task_id] = min(first.get(item.task.task_id, math.inf), started)
-    items.sort(key=lambda item: (first[item.task.task_id], item.task.task_id))  # stable: map index order
     pages = max(1, math.ceil(len(items) / ITEMS_PER_PAGE))
     page = min(page, pages)
     shown = items[(page - 1) * ITEMS_PER_PAGE : page * ITEMS_PER_PAGE]
@@ -439,7 +439,8 @@ def load_history(session: Session, dag_id: str) -> HistoryView:
         if run is None:  # deleted meanwhile
             continue
         items, _ = run_items(session, dag_id, row.run_id)
-        runs.append((run, tuple(items[:HISTORY_ITEMS_PER_RUN]), len(items)))
+        images = [item for item in items if item.kind != "download"]  # images and prompts, not files
+        runs.append((run, tuple(images[:HISTORY_ITEMS_PER_RUN]), len(images)))
     return HistoryView(dag_id, tuple(runs))
 
 

@@ -130,6 +130,8 @@ def test_the_dag_history_shows_recent_runs_with_their_prompts(api: TestClient, m
     for prompt in PROMPTS:
         assert prompt in page.visible
     assert len(page.all("img")) == 12  # 3 diffusions, 4 thumbnails each
+    assert "3 diffusions" in page.visible
+    assert "Stored files" not in page.visible  # the history is about images and prompts
     assert "../../../" + run_path(mapped_run.dag_id, mapped_run.run_id) in [a["href"] for a in page.all("a")]
 
 
