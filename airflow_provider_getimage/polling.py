@@ -10,6 +10,7 @@ operators so the sensor and the trigger import neither.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from airflow_provider_getimage.exceptions import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping
+    from collections.abc import Awaitable, Callable, Iterator, Mapping
 
     from airflow.providers.common.compat.sdk import Context
 
@@ -33,6 +34,7 @@ __all__ = [
     "Poll",
     "checked_record",
     "diffusion_failed",
+    "failure_recorded",
     "push_finished",
     "result_from_event",
 ]
@@ -256,3 +258,24 @@ def result_from_event(event: Mapping[str, Any] | None) -> dict[str, Any]:
     if status == "timeout":
         raise GetImageTimeoutError(message, diffusion_id=diffusion_id)
     raise GetImageError(f"Waiting for diffusion {diffusion_id} failed: {message}", diffusion_id=diffusion_id)
+
+
+ERROR_LIMIT = 2_000
+"""Longest failure reason kept in XCom ``error`` (the gallery page cuts it again)."""
+
+
+@contextlib.contextmanager
+def failure_recorded(context: Context) -> Iterator[None]:
+    """
+    Push why the task fails (XCom ``error``: ``message`` and ``type``), then fail as before.
+
+    The gallery page of a failed task shows the reason; Airflow keeps no exception text in its
+    database. The message is the provider's own, read through the hooks' key scrubber.
+    """
+    try:
+        yield
+    except (GetImageError, ValueError, TypeError) as err:
+        reason = {"message": _rules.clip(str(err), ERROR_LIMIT), "type": type(err).__name__}
+        with contextlib.suppress(Exception):  # the task's own error matters more than the note
+            context["ti"].xcom_push(key="error", value=reason)
+        raise

@@ -22,7 +22,12 @@ from airflow_provider_getimage.inputs import known_now, task_named
 from airflow_provider_getimage.links.getimage import GetImageImagesLink
 from airflow_provider_getimage.operators.batch import GetImageBatchOperator
 from airflow_provider_getimage.operators.download import GetImageDownloadOperator
-from airflow_provider_getimage.polling import DiffusionWatch, push_finished, result_from_event
+from airflow_provider_getimage.polling import (
+    DiffusionWatch,
+    failure_recorded,
+    push_finished,
+    result_from_event,
+)
 from airflow_provider_getimage.triggers.getimage import GetImageDiffusionTrigger
 
 if TYPE_CHECKING:
@@ -129,11 +134,12 @@ class GetImageDiffusionOperator(ResumableJobMixin, BaseOperator):
         return GetImageHook(getimage_conn_id=self.getimage_conn_id)
 
     def execute(self, context: Context) -> list[str] | str:
-        self._check_inputs()  # fail before any submission, whatever path follows
-        try:
-            return self.execute_resumable(context)
-        finally:
-            self.hook.close()
+        with failure_recorded(context):  # the gallery page shows why the task failed
+            self._check_inputs()  # fail before any submission, whatever path follows
+            try:
+                return self.execute_resumable(context)
+            finally:
+                self.hook.close()
 
     # ResumableJobMixin: the diffusion id lives in the task state store, so a retry after a crash
     # reconnects to the diffusion instead of paying for a second one. XComs are cleared before a
@@ -213,10 +219,11 @@ class GetImageDiffusionOperator(ResumableJobMixin, BaseOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[str]:
         """Resume after the trigger: the image URLs, or a task failure that names the diffusion."""
-        record = result_from_event(event)
-        # The trigger's own id (checked when it was built), not whatever the record claims.
-        diffusion_id = str((event or {}).get("diffusion_id") or record.get("id"))
-        return push_finished(context, self.log, diffusion_id, record)
+        with failure_recorded(context):
+            record = result_from_event(event)
+            # The trigger's own id (checked when it was built), not whatever the record claims.
+            diffusion_id = str((event or {}).get("diffusion_id") or record.get("id"))
+            return push_finished(context, self.log, diffusion_id, record)
 
     def on_kill(self) -> None:
         """GetImage.io has no cancel call: say which diffusion keeps running, close the session."""

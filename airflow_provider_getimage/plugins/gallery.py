@@ -1,10 +1,11 @@
 """
-The ``getimage_gallery`` Airflow plugin: a page of a task instance's generated images.
+The ``getimage_gallery`` Airflow plugin: pages of a task instance's, a run's and a DAG's images.
 
 Registered through the ``airflow.plugins`` entry point (and declared in the provider info). It
 mounts a FastAPI app in the API server under ``/getimage`` (the page the
-``GetImageImagesLink`` extra link opens) and adds the same page as a tab of the task instance
-view in the UI (an external view, Airflow 3.1+).
+``GetImageImagesLink`` extra link opens) and adds its pages as tabs of the UI's views (external
+views, Airflow 3.1+): a task instance's images (a mapped task's parent shows all its map indexes),
+a DAG run's images, and a DAG's recent runs.
 
 Every Airflow process loads plugins, task processes included (for macros and listeners), so this
 module stays light: the FastAPI app and the database code it needs are imported by the API
@@ -27,6 +28,8 @@ __all__ = ["GalleryApp", "GetImageGalleryPlugin"]
 
 PLUGIN_NAME = "getimage_gallery"
 TAB_NAME = "GetImage.io gallery"
+RUN_TAB_NAME = "GetImage.io run gallery"
+HISTORY_TAB_NAME = "GetImage.io history"
 
 
 class GalleryApp:
@@ -73,5 +76,17 @@ class GetImageGalleryPlugin(AirflowPlugin):
             f"?map_index={MAP_INDEX_PLACEHOLDER}",
             "destination": "task_instance",
             "url_route": "getimage-gallery",
+        },
+        {
+            "name": RUN_TAB_NAME,
+            "href": f"{GALLERY_URL_PREFIX.strip('/')}/run/{{DAG_ID}}/{{RUN_ID}}",
+            "destination": "dag_run",
+            "url_route": "getimage-run-gallery",
+        },
+        {
+            "name": HISTORY_TAB_NAME,
+            "href": f"{GALLERY_URL_PREFIX.strip('/')}/dag/{{DAG_ID}}",
+            "destination": "dag",
+            "url_route": "getimage-history",
         },
     ]

@@ -20,7 +20,12 @@ from airflow_provider_getimage.exceptions import GetImageTimeoutError
 from airflow_provider_getimage.hooks.getimage import GetImageHook
 from airflow_provider_getimage.inputs import known_now, task_named
 from airflow_provider_getimage.links.getimage import GetImageImagesLink
-from airflow_provider_getimage.polling import DiffusionWatch, push_finished, result_from_event
+from airflow_provider_getimage.polling import (
+    DiffusionWatch,
+    failure_recorded,
+    push_finished,
+    result_from_event,
+)
 from airflow_provider_getimage.triggers.getimage import GetImageDiffusionTrigger
 
 if TYPE_CHECKING:
@@ -111,6 +116,10 @@ class GetImageDiffusionSensor(BaseSensorOperator):
         )
 
     def execute(self, context: Context) -> Any:
+        with failure_recorded(context):  # the gallery page shows why the task failed
+            return self._execute(context)
+
+    def _execute(self, context: Context) -> Any:
         try:
             if not self.deferrable:
                 return super().execute(context)
@@ -137,9 +146,11 @@ class GetImageDiffusionSensor(BaseSensorOperator):
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[str]:
         """Resume after the trigger: the image URLs, or a failure (a skip with ``soft_fail``)."""
         try:
-            record = result_from_event(event)
+            with failure_recorded(context):
+                record = result_from_event(event)
         except GetImageTimeoutError as err:
             if self.soft_fail:
                 raise AirflowSkipException(str(err)) from err
             raise AirflowSensorTimeout(str(err)) from err
-        return push_finished(context, self.log, self._diffusion_id(), record)
+        with failure_recorded(context):
+            return push_finished(context, self.log, self._diffusion_id(), record)

@@ -24,6 +24,12 @@ if TYPE_CHECKING:
 
 GALLERY_DAGS = Path(__file__).parent / "gallery_dags"
 DAG_ID = "e2e_gallery"
+MAPPED_DAG_ID = "example_getimage_mapped"
+MAPPED_PROMPTS = (
+    "a red fox in fresh snow, photograph",
+    "a blue whale seen from below, sunlight through water",
+    "a green owl on a mossy branch, watercolor",
+)
 #: The run's prompt: markup the gallery must show as text.
 PROMPT = 'e2e gallery: a <b>bold</b> "fox" & <script>alert(1)</script>'
 LINK_NAME = "GetImage.io images"
@@ -32,7 +38,7 @@ RUN_TIMEOUT = 150.0
 
 
 @contextlib.contextmanager
-def gallery_deployment(emulator: Emulator) -> Iterator[AirflowDeployment]:
+def gallery_deployment(emulator: Emulator, output_dir: Path | None = None) -> Iterator[AirflowDeployment]:
     """
     A real Airflow (every API app, scheduler, dag-processor, triggerer) serving ``gallery_dags/``.
 
@@ -45,6 +51,8 @@ def gallery_deployment(emulator: Emulator) -> Iterator[AirflowDeployment]:
             # On a loaded 2-core machine the API server's first execution API calls took 20-50 s;
             # a task gives up after 5 tries of 5 s. Nothing here is about that path: wait longer.
             "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "30",
+            # Where the mapped example's download task saves its PNGs (deleted with the home).
+            "GETIMAGE_OUTPUT_DIR": str(output_dir) if output_dir is not None else "",
         },
         api_apps="all",
         keep_home=bool(os.environ.get("GETIMAGE_E2E_KEEP_HOME")),
@@ -71,3 +79,16 @@ def finished_run(deployment: AirflowDeployment) -> str:
 def gallery_link(deployment: AirflowDeployment, run_id: str, task_id: str) -> str:
     """Where the task's extra link must point: its page under the API server's base URL."""
     return f"{deployment.api_url}/getimage/gallery/{DAG_ID}/{quote(run_id, safe='')}/{task_id}"
+
+
+def finished_mapped_run(deployment: AirflowDeployment) -> str:
+    """Run the mapped example once (3 prompts x 4 images, then the download); its run id on success."""
+    deployment.wait_until_parsed(MAPPED_DAG_ID)
+    run_id = deployment.trigger(MAPPED_DAG_ID)
+    state = deployment.wait_for_run(MAPPED_DAG_ID, run_id, timeout=RUN_TIMEOUT)
+    if state != "success":
+        raise AssertionError(
+            f"run {run_id} ended {state}: {deployment.task_states(MAPPED_DAG_ID, run_id)}\n"
+            f"{deployment.describe(40)}"
+        )
+    return run_id

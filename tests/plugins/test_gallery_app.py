@@ -20,6 +20,7 @@ from airflow_provider_getimage.plugins.gallery_page import PAGE_LIMIT, SECURITY_
 from tests import dag_runs
 from tests.airflow_compat import airflow_before
 from tests.plugins.page_parser import Page
+from tests.plugins.test_gallery_page import assert_own_script
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -102,9 +103,11 @@ def test_the_plugin_is_mounted_and_listed(api: TestClient) -> None:
     if airflow_before("3.1"):  # no external views, no import-error listing yet
         assert "external_views" not in plugin
         return
-    (tab,) = plugin["external_views"]
+    tab, run_tab, history_tab = plugin["external_views"]
     assert tab["destination"] == "task_instance"
     assert tab["href"] == "getimage/gallery/{DAG_ID}/{RUN_ID}/{TASK_ID}?map_index={MAP_INDEX}"
+    assert (run_tab["destination"], run_tab["href"]) == ("dag_run", "getimage/run/{DAG_ID}/{RUN_ID}")
+    assert (history_tab["destination"], history_tab["href"]) == ("dag", "getimage/dag/{DAG_ID}")
     errors = api.get("/api/v2/plugins/importErrors", headers={"Authorization": f"Bearer {token('admin')}"})
     assert errors.json()["total_entries"] == 0, errors.json()
 
@@ -243,7 +246,7 @@ def test_a_hostile_record_is_a_bounded_page_not_a_server_error(
     assert status == 200
     assert len(response.content) <= PAGE_LIMIT
     assert "The record's images is a number, not a list: no image can be shown." in page.visible
-    assert "script" not in {tag for tag, _ in page.tags}
+    assert_own_script(page)
 
     set_xcom(dag_run, "generate", "diffusion", {**record, "status": deep, "images": record["images"] * 2_500})
     status, page, response = get_page(api, path)

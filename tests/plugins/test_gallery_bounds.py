@@ -28,7 +28,15 @@ from airflow_provider_getimage.plugins.gallery_page import (
     safe_image_url,
 )
 from tests.plugins.page_parser import Page
-from tests.plugins.test_gallery_page import ALLOWED_TAGS, URLS, XSS, finished_record, task, view
+from tests.plugins.test_gallery_page import (
+    ALLOWED_TAGS,
+    URLS,
+    XSS,
+    assert_own_script,
+    finished_record,
+    task,
+    view,
+)
 
 HUGE = 1_000_000
 """Characters in a huge field: far over every limit, cheap to build."""
@@ -183,7 +191,7 @@ def test_a_url_over_the_limit_is_listed_as_text_not_loaded() -> None:
     page = assert_safe(render_gallery(view(record=finished_record(images=[too_long, URLS[0]]))))
     assert [img["src"] for img in page.all("img")] == [URLS[0]]
     assert f"Image 1: a URL of {len(too_long)} characters, too long to load: " in page.visible
-    assert {a["href"] for a in page.all("a")} == {URLS[0]}
+    assert {a["href"] for a in page.record_links} == {URLS[0]}
 
 
 def test_non_http_urls_are_listed_as_text_cut() -> None:
@@ -257,7 +265,7 @@ def test_a_hostile_record_makes_a_page_under_the_bound(name: str, hostile: Galle
     size = len(html.encode("utf-8"))
     assert size <= PAGE_LIMIT, f"{name}: {size} bytes"
     page = assert_safe(html)
-    assert "script" not in {tag for tag, _ in page.tags}
+    assert_own_script(page)
     assert all(safe_image_url(img["src"]) == img["src"] for img in page.all("img"))
     assert len(page.all("img")) <= MAX_THUMBNAILS
     assert "GetImage.io images" in page.visible
@@ -320,7 +328,7 @@ def test_any_view_renders_a_bounded_safe_page() -> None:
         assert len(html.encode("utf-8")) <= PAGE_LIMIT
         page = assert_safe(html)
         assert len(page.all("img")) <= MAX_THUMBNAILS
-        for attrs in (*page.all("img"), *page.all("a")):
+        for attrs in (*page.all("img"), *page.record_links):
             url = attrs.get("src") or attrs.get("href")
             assert safe_image_url(url) == url
 

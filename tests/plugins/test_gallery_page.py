@@ -12,7 +12,7 @@ import base64
 import hashlib
 import re
 from datetime import UTC, datetime, timedelta
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import pytest
 
@@ -34,9 +34,19 @@ from tests.plugins.page_parser import Page
 RUN_ID = "manual__2026-01-01T00:00:00+00:00"
 XSS = '<script>alert("x")</script>"><img src=x onerror=alert(1)>&amp;'
 ALLOWED_TAGS = {
-    "html", "head", "meta", "title", "style", "body", "h1", "h2", "p", "dl", "dt", "dd", "code",
-    "span", "div", "figure", "a", "img", "figcaption",
+    "html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "p", "dl", "dt", "dd", "code",
+    "span", "div", "figure", "a", "img", "figcaption", "nav", "time", "ol", "li", "script",
 }  # fmt: skip
+"""The tags a page may hold; ``script`` only as the module's own, once (``assert_own_script``)."""
+
+
+def assert_own_script(page: Page) -> None:
+    """The page's one script is the module's own, the one the Content-Security-Policy allows by hash."""
+    assert len(page.all("script")) == 1
+    digest = base64.b64encode(hashlib.sha256(page.script.encode()).digest()).decode()
+    assert f"script-src 'sha256-{digest}'" in SECURITY_HEADERS["Content-Security-Policy"]
+
+
 URLS = [f"https://cdn.example.com/img/{i}.png?sig=a&b=<c>" for i in range(3)]
 
 
@@ -146,16 +156,29 @@ def test_finished_page_shows_thumbnails_prompt_model_id_status_and_timings() -> 
     images = page.all("img")
     assert [img["src"] for img in images] == URLS  # attribute values come back unescaped: exact URLs
     assert all("636f02e3-2df1-11ee-91eb-ba334091ec99" in str(img["alt"]) for img in images)
-    assert {a["href"] for a in page.all("a")} == set(URLS)
-    assert all(a["rel"] == "noopener noreferrer" and a["target"] == "_blank" for a in page.all("a"))
+    assert {a["href"] for a in page.record_links} == set(URLS)
+    assert all(a["rel"] == "noopener noreferrer" for a in page.record_links)
+    # The way back: the task instance in Airflow's UI, the run's gallery, the DAG's history.
+    up = "../../../../../"
+    assert [a["href"] for a in page.all("a") if a.get("target") == "_top"] == [
+        f"{up}dags/dag/runs/{quote(RUN_ID, safe='')}/tasks/generate",
+        f"{up}getimage/run/dag/{quote(RUN_ID, safe='')}",
+        f"{up}getimage/dag/dag",
+    ]
+    assert_own_script(page)
+    # Times in UTC until the script shows them in the viewer's local time; the pixel size likewise.
+    times = [attrs["datetime"] for attrs in page.all("time")]
+    assert "2023-01-01T00:00:00+00:00" in times
+    assert "2023-01-01T00:00:12.500000+00:00" in times
+    assert all(img["data-px"] for img in images)
     text = page.visible
     for expected in (
         "a lighthouse on a cliff, watercolor",
         "midjourney",
         "636f02e3-2df1-11ee-91eb-ba334091ec99",
         "FINISHED",
-        "2023-01-01T00:00:00.000Z",
-        "2023-01-01T00:00:12.500Z",
+        "2023-01-01 00:00:00 UTC",
+        "2023-01-01 00:00:12 UTC",
         "Generation took12.5 s",
         "Task statesuccess",
         "Task ran14.0 s",
@@ -192,10 +215,11 @@ def test_hostile_values_are_text_never_markup() -> None:
     page = Page(html)
     assert {tag for tag, _ in page.tags} <= ALLOWED_TAGS
     assert all(not name.startswith("on") for _, attrs in page.tags for name in attrs)
-    assert "script" not in {tag for tag, _ in page.tags}
+    assert_own_script(page)
     # None of them is loaded: javascript: and data: are not http(s); the other holds a space.
     assert page.all("img") == []
-    assert all(str(a["href"]).startswith(("http://", "https://")) for a in page.all("a"))
+    assert all(str(a["href"]).startswith(("http://", "https://")) for a in page.record_links)
+    assert all(str(a["href"]).startswith("../") for a in page.all("a") if a not in page.record_links)
     assert page.visible.count(XSS) >= 5  # prompt, model, id, state, times and source, shown verbatim
     for url in hostile_urls:
         assert url in page.visible  # shown as text, so the user sees what the service sent
@@ -206,7 +230,7 @@ def test_a_quote_in_an_image_url_cannot_leave_its_attribute() -> None:
     page = Page(render_gallery(view(record=finished_record(images=[url]))))
     (img,) = page.all("img")
     assert img["src"] == url
-    assert set(img) == {"src", "alt", "decoding"}
+    assert set(img) == {"src", "alt", "decoding", "data-px"}
 
 
 def test_running_diffusion_page_reloads_itself_and_has_no_images() -> None:
@@ -257,7 +281,8 @@ def test_the_stylesheet_is_the_one_the_content_security_policy_allows() -> None:
     policy = SECURITY_HEADERS["Content-Security-Policy"]
     assert f"style-src 'sha256-{digest}'" in policy
     directives = dict(part.strip().split(" ", 1) for part in policy.split(";"))
-    assert directives["default-src"] == "'none'"  # so no script-src: no script runs at all
+    assert directives["default-src"] == "'none'"
+    assert directives["script-src"].startswith("'sha256-")  # only the page's own script runs
     assert directives["frame-ancestors"] == "'self'"
     assert re.fullmatch(r"http: https:", directives["img-src"])
 

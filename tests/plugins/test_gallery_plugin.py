@@ -48,10 +48,12 @@ def test_airflow_accepts_the_plugin_and_its_mount_point() -> None:
     (app,) = GetImageGalleryPlugin.fastapi_apps
     assert isinstance(app["app"], GalleryApp)
     assert not any(app["url_prefix"].startswith(prefix) for prefix in RESERVED_URL_PREFIXES)
-    (view,) = GetImageGalleryPlugin.external_views
-    assert not view["href"].startswith("/"), "relative, so the UI resolves it under its base URL"
-    assert view["destination"] == "task_instance"
-    assert view["url_route"]
+    views = GetImageGalleryPlugin.external_views
+    assert [view["destination"] for view in views] == ["task_instance", "dag_run", "dag"]
+    for view in views:
+        assert not view["href"].startswith("/"), "relative, so the UI resolves it under its base URL"
+        assert view["url_route"]
+    assert len({view["url_route"] for view in views}) == len(views)
 
 
 @requires_airflow("3.3", "the Task SDK's own plugins_manager")

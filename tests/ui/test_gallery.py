@@ -18,29 +18,41 @@ serve both kinds of test; without Chromium only the browser tests skip.
 
 from __future__ import annotations
 
+import os
+import re
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import pytest
 import requests
 
-from airflow_provider_getimage.plugins.gallery import TAB_NAME
-from airflow_provider_getimage.plugins.gallery_page import SECURITY_HEADERS
+from airflow_provider_getimage.plugins.gallery import RUN_TAB_NAME, TAB_NAME, GetImageGalleryPlugin
+from airflow_provider_getimage.plugins.gallery_page import (
+    SECURITY_HEADERS,
+    gallery_path,
+    history_path,
+    run_path,
+)
 from harness import keyed_emulator
 from tests.e2e.gallery import (
     DAG_ID,
     LATENCY,
     LINK_NAME,
+    MAPPED_DAG_ID,
+    MAPPED_PROMPTS,
     PROMPT,
+    finished_mapped_run,
     finished_run,
     gallery_deployment,
     gallery_link,
 )
 from tests.plugins.page_parser import Page as HtmlPage
+from tests.plugins.test_gallery_page import assert_own_script
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
     from playwright.sync_api import Dialog, Frame, Page
 
@@ -65,14 +77,37 @@ def emulator() -> Iterator[Emulator]:
 
 
 @pytest.fixture(scope="module")
-def airflow(emulator: Emulator) -> Iterator[AirflowDeployment]:
-    with gallery_deployment(emulator) as deployment:
+def airflow(emulator: Emulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowDeployment]:
+    with gallery_deployment(emulator, tmp_path_factory.mktemp("images")) as deployment:
         yield deployment
 
 
 @pytest.fixture(scope="module")
 def run_id(airflow: AirflowDeployment) -> str:
     return finished_run(airflow)
+
+
+@pytest.fixture(scope="module")
+def mapped_run_id(airflow: AirflowDeployment) -> str:
+    return finished_mapped_run(airflow)
+
+
+@pytest.fixture(scope="module")
+def screenshots() -> Path:
+    """
+    One folder for every view's screenshot, printed so a reviewer can open them.
+
+    Outside pytest's own temporary folders, which later sessions rotate away:
+    ``$GETIMAGE_SCREENSHOTS_DIR``, else a new folder under the system's temporary directory.
+    """
+    root = os.environ.get("GETIMAGE_SCREENSHOTS_DIR")
+    if root:
+        folder = Path(root)
+        folder.mkdir(parents=True, exist_ok=True)
+    else:
+        folder = Path(tempfile.mkdtemp(prefix="getimage-gallery-screenshots-"))
+    print(f"\ngallery screenshots: {folder}")
+    return folder
 
 
 # -- over HTTP ------------------------------------------------------------------------------
@@ -105,7 +140,7 @@ def assert_images_load(page: HtmlPage, urls: list[str]) -> None:
 
 
 def assert_safe(page: HtmlPage, raw: str, key: str) -> None:
-    assert "script" not in {tag for tag, _ in page.tags}
+    assert_own_script(page)
     assert "b" not in {tag for tag, _ in page.tags}
     assert all(not name.startswith("on") for _, attrs in page.tags for name in attrs)
     assert key not in raw
@@ -189,8 +224,11 @@ def test_details_tab_link_opens_a_gallery_whose_images_load(
     assert PROMPT in text  # markup shown as text
     assert "FINISHED" in text
     assert airflow.xcom(DAG_ID, run_id, "submit" if task_id == "wait" else task_id, "diffusion_id") in text
-    assert page.locator("script, b").count() == 0
+    assert page.locator("b").count() == 0
+    assert page.locator("script").count() == 1  # the page's own, allowed by its hash
     assert dialogs == []  # the prompt's alert() never ran
+    assert_pixel_sizes(page, len(urls))
+    assert "UTC" not in page.locator("time").first.inner_text()  # shown in the viewer's local time
     shot = tmp_path / f"gallery-{task_id}.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
@@ -218,3 +256,127 @@ def test_gallery_tab_of_the_task_instance(
     assert_images_decoded(frame, urls)
     assert PROMPT in frame.locator("body").inner_text()
     page.screenshot(path=str(tmp_path / "gallery-tab.png"), full_page=True)
+
+
+def assert_pixel_sizes(where: Page | Frame, count: int) -> None:
+    """Each image's caption shows its pixel size, read from the decoded image by the page's script."""
+    where.wait_for_function(f"document.querySelectorAll('.px:not(:empty)').length >= {count}")
+    sizes = where.evaluate("Array.from(document.querySelectorAll('.px')).map(e => e.textContent)")
+    assert len(sizes) == count
+    assert all(re.fullmatch("\\d+ \u00d7 \\d+ px", size) for size in sizes), sizes
+
+
+def gallery_url(airflow: AirflowDeployment, path: str) -> str:
+    return f"{airflow.api_url}/{path}"
+
+
+def test_run_gallery_of_the_mapped_example_shows_its_12_images_with_their_prompts(
+    page: Page, airflow: AirflowDeployment, mapped_run_id: str, screenshots: Path
+) -> None:
+    """The acceptance check of issue 14: 3 prompts x 4 images, every image decoded, every prompt shown."""
+    urls = [
+        url
+        for index in range(3)
+        for url in airflow.xcom(MAPPED_DAG_ID, mapped_run_id, "generate", "return_value", index)
+    ]
+    assert len(urls) == 12
+    page.goto(gallery_url(airflow, run_path(MAPPED_DAG_ID, mapped_run_id)))
+    assert_images_decoded(page, urls)
+    text = page.locator("body").inner_text()
+    for prompt in MAPPED_PROMPTS:
+        assert prompt in text
+    assert "generate (3 items)" in text
+    assert "download (1 item)" in text
+    assert_pixel_sizes(page, 12)
+    page.screenshot(path=str(screenshots / "run-gallery.png"), full_page=True)
+
+    # Dark, as the UI's own theme setting (localStorage "theme") or the system's says.
+    page.evaluate("localStorage.setItem('theme', 'dark')")
+    page.reload()
+    assert page.evaluate("document.documentElement.dataset.theme") == "dark"
+    page.wait_for_function(ALL_DECODED_JS)
+    page.screenshot(path=str(screenshots / "run-gallery-dark.png"), full_page=True)
+
+
+def test_run_gallery_is_a_tab_of_the_dag_run(
+    page: Page, airflow: AirflowDeployment, mapped_run_id: str, screenshots: Path
+) -> None:
+    page.goto(f"{airflow.api_url}/dags/{MAPPED_DAG_ID}/runs/{quote(mapped_run_id, safe='')}")
+    tab = page.get_by_role("link", name=RUN_TAB_NAME)
+    tab.first.wait_for()
+    tab.first.click()
+    page.wait_for_url("**/plugin/getimage-run-gallery")
+    frame = _frame(page, RUN_TAB_NAME)
+    assert_images_decoded(
+        frame, [img for img in frame.evaluate("Array.from(document.images).map(i => i.src)")]
+    )
+    assert len(frame.evaluate("Array.from(document.images).map(i => i.src)")) == 12
+    page.screenshot(path=str(screenshots / "run-tab.png"), full_page=True)
+
+
+def test_a_mapped_tasks_parent_tab_shows_every_map_index(
+    page: Page, airflow: AirflowDeployment, mapped_run_id: str, screenshots: Path
+) -> None:
+    """
+    The task instance tab's URL as the UI fills it for a mapped task's parent ({MAP_INDEX} unreplaced).
+
+    Airflow 3.3's page of a mapped task (``.../tasks/generate/mapped``) lists its map indexes and
+    shows no plugin tab, so the URL is opened as the tab would open it.
+    """
+    tab = next(view for view in GetImageGalleryPlugin.external_views if view["name"] == TAB_NAME)
+    href = (
+        tab["href"]
+        .replace("{DAG_ID}", MAPPED_DAG_ID)
+        .replace("{RUN_ID}", quote(mapped_run_id, safe=""))
+        .replace("{TASK_ID}", "generate")
+    )
+    page.goto(f"{airflow.api_url}/{href}")
+    page.wait_for_function(ALL_DECODED_JS)
+    images = page.evaluate(IMAGES_JS)
+    assert len(images) == 12
+    assert all(image["width"] > 0 for image in images)
+    text = page.locator("body").inner_text()
+    assert "No such task instance" not in text
+    assert "GetImage.io images of this task" in text
+    page.screenshot(path=str(screenshots / "mapped-parent.png"), full_page=True)
+
+
+def test_download_and_history_pages(
+    page: Page, airflow: AirflowDeployment, mapped_run_id: str, screenshots: Path
+) -> None:
+    files = airflow.xcom(MAPPED_DAG_ID, mapped_run_id, "download")
+    page.goto(gallery_url(airflow, gallery_path(MAPPED_DAG_ID, mapped_run_id, "download")))
+    text = page.locator("body").inner_text()
+    assert "Stored files (12)" in text
+    assert all(name in text for name in files)
+    page.screenshot(path=str(screenshots / "download.png"), full_page=True)
+
+    page.goto(gallery_url(airflow, history_path(MAPPED_DAG_ID)))
+    page.wait_for_function(ALL_DECODED_JS)
+    assert len(page.evaluate(IMAGES_JS)) == 12
+    text = page.locator("body").inner_text()
+    assert mapped_run_id in text
+    for prompt in MAPPED_PROMPTS:
+        assert prompt in text
+    page.screenshot(path=str(screenshots / "history.png"), full_page=True)
+
+    # Back to Airflow from a task's page: the link to the task instance.
+    page.goto(gallery_url(airflow, gallery_path(MAPPED_DAG_ID, mapped_run_id, "generate", 1)))
+    page.get_by_role("link", name="← Task instance in Airflow").click()
+    page.wait_for_url(f"**/dags/{MAPPED_DAG_ID}/runs/**/tasks/generate/mapped/1")
+    page.screenshot(path=str(screenshots / "task-page-back-in-airflow.png"), full_page=True)
+
+
+def test_task_page_screenshot(page: Page, airflow: AirflowDeployment, run_id: str, screenshots: Path) -> None:
+    page.goto(gallery_link(airflow, run_id, "generate"))
+    page.wait_for_function(ALL_DECODED_JS)
+    page.screenshot(path=str(screenshots / "task-page.png"), full_page=True)
+
+
+def _frame(page: Page, title: str) -> Frame:
+    element = page.locator(f"iframe[title='{title}']")
+    element.wait_for()
+    frame = element.element_handle().content_frame()
+    assert frame is not None
+    frame.wait_for_load_state()
+    return frame
