@@ -38,7 +38,10 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [
             {
                 "integration-name": "GetImage.io",
-                "python-modules": ["airflow_provider_getimage.operators.getimage"],
+                "python-modules": [
+                    "airflow_provider_getimage.operators.getimage",
+                    "airflow_provider_getimage.operators.batch",
+                ],
             }
         ],
         "sensors": [
@@ -50,7 +53,10 @@ def get_provider_info() -> dict[str, Any]:
         "triggers": [
             {
                 "integration-name": "GetImage.io",
-                "python-modules": ["airflow_provider_getimage.triggers.getimage"],
+                "python-modules": [
+                    "airflow_provider_getimage.triggers.getimage",
+                    "airflow_provider_getimage.triggers.batch",
+                ],
             }
         ],
         "extra-links": ["airflow_provider_getimage.links.getimage.GetImageImagesLink"],

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import BaseOperator, ObjectStoragePath
 
-from airflow_provider_getimage import _rules, storage
+from airflow_provider_getimage import _rules, batch, storage
 from airflow_provider_getimage.inputs import check_count, is_template, known_deep, known_now
 
 if TYPE_CHECKING:
@@ -22,6 +24,11 @@ def _static_destination(value: object) -> bool:
     if isinstance(value, ObjectStoragePath):
         return not is_template(str(value))
     return known_now(value)
+
+
+def is_batch_result(value: object) -> bool:
+    """Whether a value is a ``GetImageBatchOperator`` result (its summary, naming the manifest)."""
+    return isinstance(value, dict) and isinstance(value.get("manifest"), str)
 
 
 def _makes_image_urls(task: Any) -> bool:
@@ -59,6 +66,12 @@ class GetImageDownloadOperator(BaseOperator):
     :param max_image_bytes: the largest image accepted, in bytes (default 50 MiB).
     :param request_timeout: seconds one attempt at one image may take in all, its whole body included.
     :param download_attempts: attempts per image, the first included (default 4).
+    :param manifest_conn_id: for a batch's result, the storage connection of its manifest.
+    :param max_concurrency: for a batch's result, images downloaded at once (default 4).
+
+    Given a ``GetImageBatchOperator`` result (its summary dict), it reads the batch's manifest and
+    saves every finished item's images as ``<key or index>_<n>.<ext>``, ``max_concurrency`` at a
+    time, and returns ``{"destination", "files", "manifest"}`` (not thousands of URIs in XCom).
     """
 
     template_fields: Sequence[str] = ("image_urls", "destination", "diffusion_id", "destination_conn_id")
@@ -75,6 +88,8 @@ class GetImageDownloadOperator(BaseOperator):
         max_image_bytes: int = storage.DEFAULT_MAX_IMAGE_BYTES,
         request_timeout: float = storage.DEFAULT_DOWNLOAD_TIMEOUT,
         download_attempts: int = storage.DEFAULT_DOWNLOAD_ATTEMPTS,
+        manifest_conn_id: str | None = None,
+        max_concurrency: int = 4,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -85,6 +100,10 @@ class GetImageDownloadOperator(BaseOperator):
         self.max_image_bytes = check_count("max_image_bytes", max_image_bytes)
         self.download_attempts = check_count("download_attempts", download_attempts)
         self.request_timeout = _rules.check_positive("request_timeout", request_timeout)
+        self.manifest_conn_id = manifest_conn_id
+        self.max_concurrency = check_count("max_concurrency", max_concurrency)
+        if is_batch_result(image_urls):
+            return
         # What is final at parse time is checked now: a typo fails the DAG file, not a run.
         batches = storage.url_batches(image_urls) if known_deep(image_urls) else None
         if known_now(destination_conn_id) and _static_destination(destination):
@@ -93,12 +112,14 @@ class GetImageDownloadOperator(BaseOperator):
             ids = [diffusion_id] if isinstance(diffusion_id, str) else diffusion_id
             storage.diffusion_ids(diffusion_id, len(batches) if batches is not None else len(list(ids)))
 
-    def execute(self, context: Context) -> list[str]:
-        batches = storage.url_batches(self.image_urls)
+    def execute(self, context: Context) -> list[str] | dict[str, Any]:
         destination = storage.destination_path(
             storage.rendered_destination(self.destination, lambda text: self.render_template(text, context)),
             self.destination_conn_id,
         )
+        if is_batch_result(self.image_urls):
+            return self._save_batch(destination)
+        batches = storage.url_batches(self.image_urls)
         plan = self._plan(context, batches)
         self.log.info("Saving %d image(s) to %s", len(plan), destination)
         with storage.ImageStore(
@@ -109,6 +130,44 @@ class GetImageDownloadOperator(BaseOperator):
             attempts=self.download_attempts,
         ) as store:
             return [store.save(url, stem, index) for url, stem, index in plan]
+
+    def _save_batch(self, destination: ObjectStoragePath) -> dict[str, Any]:
+        """Every finished item of a batch's manifest, ``max_concurrency`` downloads at a time."""
+        result: Any = self.image_urls
+        manifest = str(result["manifest"])
+        rows = batch.read_manifest(manifest, self.manifest_conn_id)
+        plan = [
+            (str(url), str(row["key"]) if row.get("key") else str(row["index"]), number)
+            for row in rows
+            if row.get("status") == "finished"
+            for number, url in enumerate(row.get("image_urls") or [])
+        ]
+        self.log.info("Saving %d image(s) of batch %s to %s", len(plan), manifest, destination)
+        local = threading.local()
+        stores: list[storage.ImageStore] = []
+        lock = threading.Lock()
+
+        def save(entry: tuple[str, str, int]) -> str:
+            store = getattr(local, "store", None)
+            if store is None:
+                store = local.store = storage.ImageStore(
+                    destination,
+                    self.log,
+                    max_image_bytes=self.max_image_bytes,
+                    request_timeout=self.request_timeout,
+                    attempts=self.download_attempts,
+                )
+                with lock:
+                    stores.append(store)
+            return store.save(*entry)
+
+        try:
+            with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
+                files = list(pool.map(save, plan))
+        finally:
+            for store in stores:
+                store.close()
+        return {"destination": str(destination), "files": len(files), "manifest": manifest}
 
     def _plan(self, context: Context, batches: list[list[str]]) -> list[tuple[str, str, int]]:
         """Each URL with the diffusion id and index it is saved under; no two images share a name."""

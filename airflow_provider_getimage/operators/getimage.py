@@ -18,6 +18,7 @@ from airflow_provider_getimage.exceptions import GetImageNotFoundError
 from airflow_provider_getimage.hooks.getimage import GetImageHook
 from airflow_provider_getimage.inputs import known_now, task_named
 from airflow_provider_getimage.links.getimage import GetImageImagesLink
+from airflow_provider_getimage.operators.batch import GetImageBatchOperator
 from airflow_provider_getimage.operators.download import GetImageDownloadOperator
 from airflow_provider_getimage.polling import DiffusionWatch, push_finished, result_from_event
 from airflow_provider_getimage.triggers.getimage import GetImageDiffusionTrigger
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
     from airflow.providers.common.compat.sdk import Context
 
-__all__ = ["GetImageDiffusionOperator", "GetImageDownloadOperator"]
+__all__ = ["GetImageBatchOperator", "GetImageDiffusionOperator", "GetImageDownloadOperator"]
 
 
 class GetImageDiffusionOperator(ResumableJobMixin, BaseOperator):

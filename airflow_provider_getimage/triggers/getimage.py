@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from airflow_provider_getimage.hooks.getimage import GetImageAsyncHook
+    from airflow_provider_getimage.triggers.batch import GetImageBatchTrigger as GetImageBatchTrigger
 
 __all__ = ["DiffusionEvent", "GetImageDiffusionTrigger", "result_from_event"]
 
@@ -156,3 +157,12 @@ def _import_hook_class() -> type[GetImageAsyncHook]:
     from airflow_provider_getimage.hooks.getimage import GetImageAsyncHook
 
     return GetImageAsyncHook
+
+
+def __getattr__(name: str) -> Any:
+    """``GetImageBatchTrigger`` importable from here too (SPEC 9), loaded on first use."""
+    if name == "GetImageBatchTrigger":
+        from airflow_provider_getimage.triggers.batch import GetImageBatchTrigger
+
+        return GetImageBatchTrigger
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -62,3 +62,18 @@ def test_example_getimage_mapped_saves_every_prompts_pngs(
         for index in range(4)
     ]
     assert getimage_airflow_conn.stats()["image_downloads"] == 12
+
+
+def test_example_getimage_batch_saves_every_skus_pngs(
+    getimage_airflow_conn: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GETIMAGE_OUTPUT_DIR", str(tmp_path))
+    dag = dag_runs.parse(dag_runs.EXAMPLE_DAGS / "example_getimage_batch.py")["example_getimage_batch"]
+    dag_run = dag_runs.run(dag)
+    assert set(dag_runs.states(dag_run).values()) == {"success"}
+    summary = dag_runs.xcom(dag_run, "generate")
+    assert summary["manifest"] == f"file://{tmp_path}/{dag_run.run_id}/batch/manifest.jsonl"
+    assert (summary["total"], summary["finished"], summary["images"]) == (6, 6, 24)
+    saved = sorted(p.name for p in (tmp_path / dag_run.run_id).glob("*.png"))
+    assert saved == [f"sku-100{n}_{i}.png" for n in range(1, 7) for i in range(4)]
+    assert getimage_airflow_conn.stats()["submissions"] == 6

@@ -1,0 +1,93 @@
+"""The batch trigger on a real event loop against the emulator: bounded kwargs, one small event."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+
+from airflow_provider_getimage.triggers.batch import MAX_WINDOW, GetImageBatchTrigger
+from tests.triggers.test_getimage import submit
+
+if TYPE_CHECKING:
+    from airflow.triggers.base import TriggerEvent
+
+    from airflow_provider_getimage.emulator import Emulator
+
+pytestmark = pytest.mark.usefixtures("fast_retries")
+
+
+async def events_of(trigger: GetImageBatchTrigger) -> list[TriggerEvent]:
+    return [event async for event in trigger.run()]
+
+
+def test_serialization_is_ids_and_numbers_and_bounded(getimage_airflow_conn: Emulator) -> None:
+    trigger = GetImageBatchTrigger(["d-1", "d-2"], [1.0, 2.0], "my_conn", 3, 7, 60, 1, 12.5)
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "airflow_provider_getimage.triggers.batch.GetImageBatchTrigger"
+    assert kwargs == {
+        "diffusion_ids": ["d-1", "d-2"],
+        "submitted_at": [1.0, 2.0],
+        "getimage_conn_id": "my_conn",
+        "poll_interval": 3.0,
+        "max_polls_per_second": 7.0,
+        "timeout": 60.0,
+        "fire_after": 1,
+        "typical": 12.5,
+    }
+    assert GetImageBatchTrigger(**kwargs).serialize() == (classpath, kwargs)
+    assert getimage_airflow_conn.api_key not in json.dumps(kwargs)
+    biggest = GetImageBatchTrigger(
+        [f"{n:036d}" for n in range(MAX_WINDOW)], [time.time()] * MAX_WINDOW
+    ).serialize()[1]
+    assert len(json.dumps(biggest)) < MAX_WINDOW * 64, "a trigger row stays tens of kB"
+    with pytest.raises(ValueError, match="1 to 1000"):
+        GetImageBatchTrigger([f"d-{n}" for n in range(MAX_WINDOW + 1)], [0.0] * (MAX_WINDOW + 1))
+
+
+def test_also_importable_from_the_trigger_module() -> None:
+    from airflow_provider_getimage.triggers import getimage
+
+    assert getimage.GetImageBatchTrigger is GetImageBatchTrigger
+
+
+@pytest.mark.getimage_emulator(latency=0.3, failing_prompts=("nsfw",))
+def test_one_event_with_ids_and_reasons_only(getimage_airflow_conn: Emulator) -> None:
+    ids = [submit(getimage_airflow_conn, f"window item {n}") for n in range(5)]
+    ids.append(submit(getimage_airflow_conn, "nsfw item"))
+    now = time.time()
+    trigger = GetImageBatchTrigger(
+        ids, [now] * len(ids), poll_interval=0.1, max_polls_per_second=50, fire_after=6
+    )
+    events = asyncio.run(events_of(trigger))
+    assert len(events) == 1
+    payload = events[0].payload
+    assert payload["status"] == "progress"
+    assert sorted(payload["finished"]) == sorted(ids[:5])
+    assert list(payload["failed"]) == [ids[5]]
+    assert "http" not in json.dumps(payload), "no image URL in the event"
+    assert payload["typical"] >= 0.3
+    polls = getimage_airflow_conn.stats()["polls"]
+    assert polls <= 6 * 4, f"polled the likely-done ones, not in a loop: {polls} polls"
+
+
+@pytest.mark.getimage_emulator(latency=0.2)
+def test_fires_once_enough_drained(getimage_airflow_conn: Emulator) -> None:
+    ids = [submit(getimage_airflow_conn, f"item {n}") for n in range(4)]
+    now = time.time()
+    trigger = GetImageBatchTrigger(ids, [now, now, now + 30, now + 30], poll_interval=0.1, fire_after=2)
+    payload = asyncio.run(events_of(trigger))[0].payload
+    assert sorted(payload["finished"]) == sorted(ids[:2]), "the likely-done ones first, then it fires"
+
+
+@pytest.mark.getimage_emulator(latency=30)
+def test_deadline_expires(getimage_airflow_conn: Emulator) -> None:
+    ids = [submit(getimage_airflow_conn, "slow")]
+    trigger = GetImageBatchTrigger(ids, [time.time()], poll_interval=0.1, timeout=0.5)
+    started = time.monotonic()
+    payload = asyncio.run(events_of(trigger))[0].payload
+    assert payload["expired"] == ids
+    assert time.monotonic() - started < 5
