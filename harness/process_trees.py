@@ -147,9 +147,13 @@ class ProcessTree:
             ancestor.base_s += record.base_s
 
     def mark(self) -> None:
-        """Start counting CPU and peak RSS from now: what was used so far is left out."""
+        """
+        Start counting CPU and peak RSS from now: what was used so far is left out, and processes
+        that ended before now are forgotten (their time is in a live ancestor's, left out too).
+        """
+        self.records = {key: record for key, record in self.records.items() if record.alive}
         for record in self.records.values():
-            record.base_s = record.total_s if record.alive else 0.0
+            record.base_s = record.total_s
             record.peak_rss = 0
         self.peak_rss = 0
 
@@ -169,7 +173,11 @@ class ProcessTree:
         )
 
     def breakdown(self) -> list[dict[str, Any]]:
-        """Each process seen: role, pid, title, CPU s since :meth:`mark` (own, reaped), peak RSS MB."""
+        """
+        Each process seen since :meth:`mark`: role, pid, title, whether it is alive, CPU s since the
+        mark (its own and what it reaped; for an ended one, up to its last sample), the reaped part
+        in all, and its peak RSS MB.
+        """
         return [
             {
                 "role": record.role,

@@ -130,6 +130,9 @@ def test_time_used_before_the_mark_by_a_child_that_ends_later_stays_out(parent):
     command("reap 0")
     tree.sample()
     assert tree.run_cpu_s() == pytest.approx(0.0, abs=0.1)
+    assert len(tree.breakdown()) == 3
+    tree.mark()  # the ended child is forgotten: a breakdown lists the processes of the window
+    assert [row["alive"] for row in tree.breakdown()] == [True, True]
 
 
 def test_deployment_trees_add_up_components(parent):
