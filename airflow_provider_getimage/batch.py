@@ -165,7 +165,7 @@ def read_jsonl(uri: str | ObjectStoragePath, conn_id: str | None) -> list[object
         )
     path = storage.destination_path(uri, conn_id)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path)
     except (OSError, UnicodeDecodeError) as err:
         raise ValueError(f"prompts file {path} cannot be read: {err}") from None
     rows: list[object] = []
@@ -300,8 +300,10 @@ class BatchState:
     def _load(self) -> None:
         self._ready = True
         segments = self._segments()
+        # One call for every segment: object stores (s3fs, gcsfs) fetch them concurrently.
+        contents = self.fs.cat(segments) if segments else {}
         for name in segments:
-            for line in self.fs.cat_file(name).decode().splitlines():
+            for line in contents[name].decode().splitlines():
                 if line.strip():
                     event = json.loads(line)
                     self.states[int(event["i"])].apply(event)
@@ -410,4 +412,10 @@ class BatchState:
 def read_manifest(uri: str, conn_id: str | None = None) -> list[dict[str, Any]]:
     """The rows of a batch's ``manifest.jsonl``."""
     path = storage.destination_path(uri, conn_id)
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [json.loads(line) for line in read_text(path).splitlines() if line.strip()]
+
+
+def read_text(path: ObjectStoragePath) -> str:
+    """A UTF-8 file's text, read with the filesystem the batch writes with (fsspec's if Airflow has none)."""
+    data: bytes = storage.filesystem(path).cat_file(path.path)
+    return data.decode("utf-8")

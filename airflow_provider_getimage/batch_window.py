@@ -8,6 +8,7 @@ tests drive it with numbers, and the trigger module stays light.
 
 from __future__ import annotations
 
+import datetime
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Any, Literal
 from airflow_provider_getimage import _rules
 from airflow_provider_getimage.exceptions import GetImageAuthError, GetImageError, GetImageRateLimitError
 
-__all__ = ["BatchPacing", "PollPlan", "WindowOutcome", "WindowWait"]
+__all__ = ["BatchPacing", "PollPlan", "WindowOutcome", "WindowWait", "generation_seconds"]
 
 ERROR_TEXT_LIMIT = 200
 """Characters of a failure reason carried in a trigger event (events stay small)."""
@@ -74,10 +75,17 @@ class PollPlan:
         """An entry was polled and is still running."""
         self.last_polled[position] = now
 
-    def finished(self, position: int, now: float) -> None:
-        """An entry finished: close it and learn its generation time."""
+    def finished(self, position: int, now: float, took: float | None = None) -> None:
+        """
+        An entry finished: close it and learn its generation time.
+
+        :param took: the generation time the service reports (``generation_seconds``); without
+            it, the time until this poll saw it done, which is never less than ``expected`` and
+            so would only ever grow the estimate.
+        """
         self.close(position)
-        self.durations.append(max(0.0, now - self.submitted_at[position]))
+        observed = max(0.0, now - self.submitted_at[position])
+        self.durations.append(min(took, observed) if took is not None and took >= 0 else observed)
         del self.durations[:-LEARNED_SAMPLES]
 
     def close(self, position: int) -> None:
@@ -88,6 +96,17 @@ class PollPlan:
     def learned(self) -> float | None:
         """The typical generation time to hand to the next window (None before any is known)."""
         return statistics.median(self.durations) if self.durations else self.typical
+
+
+def generation_seconds(record: dict[str, Any]) -> float | None:
+    """``finishedAt - createdAt`` of a finished record, when both are ISO 8601 times; else None."""
+    try:
+        created = datetime.datetime.fromisoformat(str(record["createdAt"]).replace("Z", "+00:00"))
+        finished = datetime.datetime.fromisoformat(str(record["finishedAt"]).replace("Z", "+00:00"))
+        seconds = (finished - created).total_seconds()
+    except (KeyError, TypeError, ValueError):
+        return None
+    return seconds if seconds >= 0 else None
 
 
 class BatchPacing:
@@ -240,7 +259,7 @@ class WindowWait:
         outcome = _rules.classify(record.get("status"))
         diffusion_id = self.ids[position]
         if outcome == "success":
-            self.plan.finished(position, now)
+            self.plan.finished(position, now, generation_seconds(record))
             self.outcome.finished.append(diffusion_id)
             if self.keep_records:
                 self.outcome.records[diffusion_id] = record

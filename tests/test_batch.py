@@ -162,3 +162,21 @@ class TestState:
             "images": 2,
         }
         assert batch.read_manifest(uri) == rows
+
+
+def test_state_and_manifest_on_an_object_store() -> None:
+    """On a store without rename (fsspec's memory://), every file is one whole object."""
+    from airflow_provider_getimage.storage import destination_path
+
+    results = destination_path("memory://getimage-batch-test/run-1/")
+    items = batch.batch_items(["a", "b"], "m", None)
+    state = batch.BatchState.open(results, items)
+    state.record([{"i": 0, "e": "intent"}, {"i": 0, "e": "submitted", "id": "d-0"}])
+    state.record(
+        [{"i": 0, "e": "finished", "urls": ["https://x/0.png"]}, {"i": 1, "e": "failed", "error": "no"}]
+    )
+    again = batch.BatchState.open(results, items)
+    assert [s.status for s in again.states] == ["finished", "failed"]
+    uri = again.write_manifest()
+    assert [row["status"] for row in batch.read_manifest(uri)] == ["finished", "failed"]
+    assert not [name for name in again.fs.find("/getimage-batch-test") if name.endswith(".part")]

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_provider_getimage.batch_window import BatchPacing, PollPlan, WindowOutcome, WindowWait
+from airflow_provider_getimage.batch_window import (
+    BatchPacing,
+    PollPlan,
+    WindowOutcome,
+    WindowWait,
+    generation_seconds,
+)
 from airflow_provider_getimage.exceptions import GetImageAuthError, GetImageError, GetImageRateLimitError
 
 
@@ -93,3 +99,28 @@ class TestWindowWait:
         wait.on_error(2, GetImageAuthError("refused", status_code=401))
         assert wait.step()[0] == "done"
         assert wait.outcome.payload()["status"] == "error"
+
+
+@pytest.mark.parametrize(
+    ("record", "seconds"),
+    [
+        ({"createdAt": "2026-01-01T00:00:00Z", "finishedAt": "2026-01-01T00:00:42.5Z"}, 42.5),
+        ({"createdAt": "2026-01-01T00:00:00+00:00", "finishedAt": "2026-01-01T00:01:00+00:00"}, 60.0),
+        ({"createdAt": "2026-01-01T00:01:00Z", "finishedAt": "2026-01-01T00:00:00Z"}, None),
+        ({"createdAt": "yesterday", "finishedAt": "today"}, None),
+        ({"createdAt": "2026-01-01T00:00:00Z"}, None),
+        ({"createdAt": 5, "finishedAt": 7}, None),
+    ],
+)
+def test_generation_seconds(record: dict[str, object], seconds: float | None) -> None:
+    assert generation_seconds(record) == seconds
+
+
+def test_the_service_s_own_times_keep_the_estimate_from_ratcheting_up() -> None:
+    plan = PollPlan([0.0] * 3, poll_interval=1.0, typical=10.0)
+    for position in range(3):
+        plan.finished(position, now=12.0, took=8.0)  # seen late (polled at 12 s), took 8 s
+    assert plan.expected == 8.0
+    observed = PollPlan([0.0], poll_interval=1.0, typical=10.0)
+    observed.finished(0, now=12.0)
+    assert observed.expected == 12.0

@@ -105,7 +105,7 @@ def test_trigger_module_is_light_for_the_triggerer_loop() -> None:
     """The triggerer imports a trigger's module on its event loop: the hooks load later, in a thread."""
     code = (
         "import sys, airflow.triggers.base\n"
-        "import airflow_provider_getimage.triggers.getimage\n"
+        "import airflow_provider_getimage.triggers.getimage, airflow_provider_getimage.triggers.batch\n"
         "heavy = ['airflow_provider_getimage.hooks.getimage', 'airflow.providers.http.hooks.http']\n"
         "heavy = [m for m in heavy if m in sys.modules]\n"
         "sys.exit(str(heavy) if heavy else 0)\n"
@@ -119,9 +119,11 @@ def test_sensor_and_trigger_load_no_operator_and_no_storage() -> None:
     code = (
         "import sys\n"
         "import airflow_provider_getimage.sensors.getimage, airflow_provider_getimage.triggers.getimage\n"
+        "import airflow_provider_getimage.triggers.batch\n"
         "loaded = [m for m in sys.modules if m.startswith('airflow_provider_getimage.')]\n"
         "bad = [m for m in loaded if m.startswith('airflow_provider_getimage.operators')\n"
-        "       or m in ('airflow_provider_getimage.storage', 'airflow_provider_getimage.hooks.images')]\n"
+        "       or m in ('airflow_provider_getimage.storage', 'airflow_provider_getimage.hooks.images',\n"
+        "                'airflow_provider_getimage.batch')]\n"
         "sys.exit(str(bad) if bad else 0)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True)

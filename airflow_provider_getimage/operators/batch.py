@@ -147,9 +147,7 @@ class GetImageBatchOperator(BaseOperator):
         if outcome.fatal is not None:
             raise GetImageAuthError(f"Batch {self.task_id}: {outcome.fatal}")
         self._typical = outcome.typical
-        with GetImageHook(getimage_conn_id=self.getimage_conn_id) as hook:
-            self._record_outcome(state, hook, self._pacing(), outcome)
-        return self._advance(context, state)
+        return self._advance(context, state, outcome)
 
     # ------------------------------------------------------------------------------ state
     def _open_state(self, first: bool) -> batch.BatchState:
@@ -195,12 +193,23 @@ class GetImageBatchOperator(BaseOperator):
         return BatchPacing(self.max_submissions_per_second, self.max_polls_per_second)
 
     # ------------------------------------------------------------------------------ the loop
-    def _advance(self, context: Context, state: batch.BatchState) -> dict[str, Any]:
-        """Submit and wait, window after window, until every item ended; then the manifest."""
+    def _advance(
+        self, context: Context, state: batch.BatchState, outcome: WindowOutcome | None = None
+    ) -> dict[str, Any]:
+        """
+        Submit and wait, window after window, until every item ended; then the manifest.
+
+        :param outcome: what the last window's wait found, not yet recorded: the items it saw end
+            make room at once, and their results are read while submissions wait for their budget.
+        """
         pacing = self._pacing()
         with GetImageHook(getimage_conn_id=self.getimage_conn_id) as hook:
             while not state.all_final():
-                self._submit_round(state, hook, pacing)
+                self._submit_round(state, hook, pacing, outcome)
+                if outcome is not None:
+                    self._record_outcome(state, hook, pacing, outcome)
+                    outcome = None
+                    continue
                 window = state.with_status("submitted")
                 if not window:
                     continue  # submissions were held back (a 429): the next round waits for the budget
@@ -228,21 +237,46 @@ class GetImageBatchOperator(BaseOperator):
                     )
                 outcome = self._wait_in_worker(hook, ids, submitted_at, fire_after, typical)
                 self._typical = outcome.typical
-                self._record_outcome(state, hook, pacing, outcome)
         return self._finish(state)
 
-    def _submit_round(self, state: batch.BatchState, hook: GetImageHook, pacing: BatchPacing) -> None:
-        """Submit pending items until the window is full, each paced, with an intent written first."""
+    def _submit_round(
+        self,
+        state: batch.BatchState,
+        hook: GetImageHook,
+        pacing: BatchPacing,
+        outcome: WindowOutcome | None = None,
+    ) -> None:
+        """
+        Submit pending items until the window is full, each paced, with an intent written first.
+
+        While a submission waits for its budget, the results of ``outcome``'s ended items are read
+        (the poll budget is the worker's while no trigger runs): refilling the window comes first.
+        """
+        ended = set(outcome.finished) | set(outcome.failed) | set(outcome.expired) if outcome else set()
+        to_read = (
+            [i for i in (*outcome.finished, *outcome.expired) if i not in outcome.records] if outcome else []
+        )
         outages = 0
         while True:
             pending = state.with_status("pending")
-            room = self.max_in_flight - len(state.with_status("submitted"))
-            if not pending or room <= 0:
+            in_window = [
+                i for i in state.with_status("submitted") if state.states[i].diffusion_id not in ended
+            ]
+            if not pending or len(in_window) >= self.max_in_flight:
                 return
             index = pending[0]
             item = state.items[index]
-            delay = pacing.before_submit(time.monotonic())
-            if delay > 0:
+            until = time.monotonic() + pacing.before_submit(time.monotonic())
+            while (
+                outcome is not None
+                and to_read
+                and time.monotonic() + pacing.polls.wait(time.monotonic()) < until
+            ):
+                diffusion_id = to_read.pop(0)
+                record = self._reread(hook, pacing, diffusion_id)
+                if record is not None:
+                    outcome.records[diffusion_id] = record
+            if (delay := until - time.monotonic()) > 0:
                 time.sleep(delay)
             state.record([{"i": index, "e": "intent"}])
             try:

@@ -69,7 +69,7 @@ def test_one_event_with_ids_and_reasons_only(getimage_airflow_conn: Emulator) ->
     assert sorted(payload["finished"]) == sorted(ids[:5])
     assert list(payload["failed"]) == [ids[5]]
     assert "http" not in json.dumps(payload), "no image URL in the event"
-    assert payload["typical"] >= 0.3
+    assert 0.2 <= payload["typical"] < 2, "learned from the service's own times (latency 0.3 s)"
     polls = getimage_airflow_conn.stats()["polls"]
     assert polls <= 6 * 4, f"polled the likely-done ones, not in a loop: {polls} polls"
 
