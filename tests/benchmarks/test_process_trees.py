@@ -16,7 +16,8 @@ import pytest
 from harness.process_trees import DeploymentTrees, ProcessTree
 
 #: Reads commands on stdin: ``burn S`` burns S CPU seconds itself, ``child S`` runs a child that
-#: burns S CPU seconds and waits for it (so its time becomes the parent's reaped time).
+#: burns S CPU seconds and waits for it (so its time becomes the parent's reaped time); ``start S``
+#: starts a child that burns S CPU seconds and then sleeps, ``reap`` kills and reaps it.
 PARENT = """
 import subprocess, sys, time
 BURN = (
@@ -34,8 +35,11 @@ for line in sys.stdin:
     elif command == "child":
         subprocess.run([sys.executable, "-c", BURN, seconds], check=True)
     elif command == "start":
-        running = subprocess.Popen([sys.executable, "-c", BURN + "\\ntime.sleep(60)", seconds])
-        time.sleep(float(seconds) + 0.5)
+        running = subprocess.Popen(
+            [sys.executable, "-c", BURN + "\\nprint('burnt', flush=True)\\ntime.sleep(60)", seconds],
+            stdout=subprocess.PIPE,
+        )
+        running.stdout.readline()  # it has burnt its CPU, however busy the machine
     elif command == "reap":
         running.kill()
         running.wait()
