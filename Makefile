@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install browser demo test lint typecheck unit bench bench-deployment bench-scale clean lock test-matrix dist
+.PHONY: install browser demo test lint typecheck unit bench bench-deployment bench-scale bench-batch clean lock test-matrix dist
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed, found " + sys.version.split()[0])'
@@ -95,6 +95,12 @@ bench-scale: $(STAMP)
 	$(BIN)/python -m benchmarks.trigger_polling --phases scale --scale-n 3000 --scale-rate 200 \
 	  --scale-interval 5 --scale-latency 60 --scale-jitter 5 --json bench-scale.json
 
+# Batch benchmark (issue 12): 2,000 prompts as one GetImageBatchOperator task, then 200 mapped
+# deferrable tasks, on one real deployment (PostgreSQL); exits 1 when a target fails. Not CI;
+# about 25 minutes on 2 cores (benchmarks/README.md has the settings and the numbers).
+bench-batch: $(STAMP)
+	$(BIN)/python -m benchmarks.batch_check --batch-n 2000 --mapped-n 200 --check --json bench-batch.json
+
 # Re-resolve the dependencies and rewrite constraints.txt (then commit it).
 lock:
 	rm -rf .lock-venv
@@ -106,4 +112,4 @@ lock:
 	rm -rf .lock-venv
 
 clean:
-	rm -rf $(VENV) .venv-airflow-* .demo demo-output bench-results.json bench-deployment.json bench-scale.json .mypy_cache .ruff_cache .pytest_cache build dist
+	rm -rf $(VENV) .venv-airflow-* .demo demo-output bench-results.json bench-deployment.json bench-scale.json bench-batch.json .mypy_cache .ruff_cache .pytest_cache build dist

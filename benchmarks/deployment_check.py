@@ -42,8 +42,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import psutil
-
 from benchmarks.report import fmt_cell, json_safe, machine_info
 from harness import (
     DB_ERRORS,
@@ -54,6 +52,7 @@ from harness import (
     postgres_database,
 )
 from harness.database import POSTGRES_SERVER
+from harness.process_trees import MB, ProcessTree
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -66,107 +65,6 @@ DAGS = Path(__file__).resolve().parent / "dags"
 DAG_ID = "bench_deferred_mapped"
 TASK_ID = "generate"
 DATABASES = ("auto", "postgresql", "sqlite")
-MB = 1024 * 1024
-
-
-# ------------------------------------------------------------------------------- the triggerer
-@dataclass
-class ProcessRecord:
-    """One process of the triggerer's tree: its latest CPU time and its largest RSS seen."""
-
-    pid: int
-    title: str
-    role: str
-    cpu_s: float = 0.0
-    #: ``cpu_s`` when :meth:`ProcessTree.mark` was called (0 for a process born after it).
-    base_cpu_s: float = 0.0
-    peak_rss: int = 0
-
-
-@dataclass
-class TreeSample:
-    """The triggerer's tree at one moment: CPU so far (every process ever seen) and RSS now."""
-
-    cpu_s: float
-    rss: int
-    processes: int
-
-
-@dataclass
-class ProcessTree:
-    """
-    Samples a process and its descendants (the triggerer: supervisor, trigger runner, log server).
-
-    CPU time is user + system from ``psutil``; a process is remembered once seen, so the total
-    keeps what an exited child had used up to its last sample. RSS is summed over the live tree at
-    each sample, so its peak is the memory the triggerer held at once.
-    """
-
-    root_pid: int
-    records: dict[tuple[int, float], ProcessRecord] = field(default_factory=dict)
-    peak_rss: int = 0
-
-    def sample(self) -> TreeSample:
-        root = psutil.Process(self.root_pid)
-        rss = 0
-        live = 0
-        for proc in [root, *root.children(recursive=True)]:
-            with contextlib.suppress(psutil.Error):
-                with proc.oneshot():
-                    times = proc.cpu_times()
-                    memory = proc.memory_info()
-                    key = (proc.pid, proc.create_time())
-                    record = self.records.get(key)
-                    if record is None:
-                        title = " ".join(part for part in proc.cmdline() if part)
-                        record = self.records[key] = ProcessRecord(proc.pid, title, self._role(proc, title))
-                record.cpu_s = times.user + times.system
-                record.peak_rss = max(record.peak_rss, memory.rss)
-                rss += memory.rss
-                live += 1
-        self.peak_rss = max(self.peak_rss, rss)
-        return TreeSample(sum(record.cpu_s for record in self.records.values()), rss, live)
-
-    def _role(self, proc: psutil.Process, title: str) -> str:
-        """
-        What a process of the tree does: the ``airflow triggerer`` process is the supervisor (the
-        database side); its ``airflow triggerer`` child is the trigger runner, whose event loop
-        runs the triggers (every poll happens there); anything else is named by its title.
-        """
-        if proc.pid == self.root_pid:
-            return "supervisor"
-        if title.endswith("airflow triggerer") and proc.ppid() == self.root_pid:
-            return "trigger runner"
-        return title.rsplit("/", 1)[-1][:60]
-
-    def mark(self) -> None:
-        """Start counting CPU from now: what each process used so far is left out of the run."""
-        for record in self.records.values():
-            record.base_cpu_s = record.cpu_s
-        self.peak_rss = 0
-        for record in self.records.values():
-            record.peak_rss = 0
-
-    def run_cpu_s(self, role: str | None = None) -> float:
-        """CPU seconds used since :meth:`mark`, by the whole tree or by the processes of one role."""
-        return sum(
-            record.cpu_s - record.base_cpu_s
-            for record in self.records.values()
-            if role is None or record.role == role
-        )
-
-    def breakdown(self) -> list[dict[str, Any]]:
-        """Each process seen: role, pid, title, CPU seconds since :meth:`mark`, peak RSS MB since then."""
-        return [
-            {
-                "role": record.role,
-                "pid": record.pid,
-                "title": record.title[:120],
-                "cpu_s": round(record.cpu_s - record.base_cpu_s, 3),
-                "peak_rss_mb": round(record.peak_rss / MB, 1),
-            }
-            for record in self.records.values()
-        ]
 
 
 # ----------------------------------------------------------------------------------- the run

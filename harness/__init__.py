@@ -11,6 +11,7 @@ check (``benchmarks/deployment_check.py``); never shipped (the wheel holds
 - :mod:`harness.processes`: starting, finding and stopping processes by PID, the watchdog;
 - :mod:`harness.database`: reading the metadata database, throw-away PostgreSQL databases;
 - :mod:`harness.sampler`: the states task instances and triggers went through;
+- :mod:`harness.process_trees`: CPU time and memory of each component's process tree;
 - :mod:`harness.deployment`: :class:`AirflowDeployment`, which puts them together;
 - :mod:`harness.emulator`: the emulator with a key of its own.
 """
@@ -22,6 +23,7 @@ from harness.database import DB_ERRORS, MetadataDatabase, postgres_database
 from harness.deployment import TERMINAL_RUN_STATES, AirflowDeployment
 from harness.emulator import keyed_emulator
 from harness.errors import DatabaseUnavailable, DeploymentError
+from harness.process_trees import DeploymentTrees, ProcessTree
 from harness.processes import TaskProcesses
 from harness.sampler import Observation, TriggerObservation
 
@@ -32,8 +34,10 @@ __all__ = [
     "AirflowDeployment",
     "DatabaseUnavailable",
     "DeploymentError",
+    "DeploymentTrees",
     "MetadataDatabase",
     "Observation",
+    "ProcessTree",
     "TaskProcesses",
     "TriggerObservation",
     "free_port",

@@ -138,3 +138,46 @@ class MetadataDatabase:
             if hits:
                 found[name] = hits
         return found
+
+    def relation_sizes(self) -> dict[str, int]:
+        """
+        Bytes on disk of every table, its indexes and TOAST included (``pg_total_relation_size``):
+        table -> bytes. PostgreSQL only: what a run adds to the metadata database is the change.
+
+        Sizes grow in 8 KiB pages and keep dead rows (an updated or deleted row) until a vacuum
+        frees them for reuse; they never shrink without ``VACUUM FULL``.
+        """
+        if self.kind != "postgresql":
+            raise ValueError(f"relation sizes need PostgreSQL, this database is {self.kind}")
+        rows = self.query(
+            "SELECT c.relname AS name, pg_total_relation_size(c.oid) AS bytes FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')"
+        )
+        return {str(row["name"]): int(row["bytes"]) for row in rows}
+
+    def run_row_bytes(self, dag_id: str, run_id: str) -> dict[str, dict[str, int]]:
+        """
+        The live rows one DAG run left, per table with ``dag_id`` and ``run_id`` columns:
+        table -> ``{"rows", "bytes"}`` (``pg_column_size`` of each whole row). PostgreSQL only.
+
+        Unlike :meth:`relation_sizes` it is blind to indexes, dead rows and rows of tables keyed
+        otherwise (a trigger, deleted once it fired), and exact to the byte for the rest.
+        """
+        if self.kind != "postgresql":
+            raise ValueError(f"row sizes need PostgreSQL, this database is {self.kind}")
+        tables = self.query(
+            "SELECT quote_ident(table_name) AS name FROM information_schema.columns "
+            "WHERE table_schema = 'public' AND column_name IN ('dag_id', 'run_id') "
+            "GROUP BY table_name HAVING count(*) = 2"
+        )
+        found: dict[str, dict[str, int]] = {}
+        for table in tables:
+            name = table["name"]
+            rows = self.query(  # table names from the catalogue
+                "SELECT count(*) AS n, coalesce(sum(pg_column_size(t.*)), 0) AS bytes "
+                f"FROM {name} AS t WHERE t.dag_id = ? AND t.run_id = ?",
+                (dag_id, run_id),
+            )
+            found[name.strip('"')] = {"rows": int(rows[0]["n"]), "bytes": int(rows[0]["bytes"])}
+        return found

@@ -4,7 +4,7 @@ Test set-up: a throw-away Airflow home (sqlite) for the whole session.
 Airflow reads its configuration when first imported, so the environment is set here, at import
 time, before any test module imports Airflow. DAGs run by ``dag.test()`` must come from a DAG
 bundle (Airflow 3 serializes them to the database first), so the repository's ``example_dags/``
-and ``tests/dags/`` are declared as two local bundles. The emulator fixtures
+``tests/dags/`` and ``benchmarks/dags/`` are declared as local bundles. The emulator fixtures
 (``getimage_emulator``, ``getimage_airflow_conn``, ``getimage_emulator_factory``) come from the
 provider's own pytest plugin, as they do for users.
 """
@@ -49,6 +49,11 @@ BUNDLES = [
         "name": "getimage_test_dags",
         "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
         "kwargs": {"path": str(REPO / "tests" / "dags"), "refresh_interval": 0},
+    },
+    {  # the benchmarks' DAGs, run at tiny N by tests/benchmarks
+        "name": "getimage_bench_dags",
+        "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+        "kwargs": {"path": str(REPO / "benchmarks" / "dags"), "refresh_interval": 0},
     },
 ]
 

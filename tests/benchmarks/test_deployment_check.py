@@ -4,8 +4,9 @@ Tests of ``benchmarks.deployment_check`` that need no Airflow deployment.
 A run of the check itself, even with 3 mapped tasks, takes about 80 s on 2 cores (the deployment
 alone needs 25-40 s to start), so it is left to ``make bench``. What runs here is everything that
 decides its verdict and its report: argument checks, the poll bound, the summary and checks
-computed from observations, the table, the choice of database, and the process-tree sampler on
-real processes. Importing the module also proves it still imports the ``harness`` package.
+computed from observations, the table, the choice of database and the watch loop (the
+process-tree sampler it uses is tested on real processes in ``test_process_trees.py``).
+Importing the module also proves it still imports the ``harness`` package.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
 import time
 from typing import Any
 
@@ -307,51 +306,6 @@ def test_falls_back_to_sqlite_with_a_note(capsys):
 def test_postgresql_required_but_unreachable_raises():
     with pytest.raises(dc.DatabaseUnavailable), dc.metadata_database("postgresql", UNREACHABLE):
         pass
-
-
-# ------------------------------------------------------------------------------ process tree
-BUSY_PARENT = """
-import subprocess, sys, time
-child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
-print("ready", flush=True)
-for line in sys.stdin:  # each line: burn that many seconds of CPU
-    end = time.process_time() + float(line)
-    while time.process_time() < end:
-        pass
-    print("done", flush=True)
-child.kill()
-"""
-
-
-def test_process_tree_counts_cpu_since_mark_and_sees_children():
-    proc = subprocess.Popen(
-        [sys.executable, "-c", BUSY_PARENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdin is not None
-    assert proc.stdout is not None
-    try:
-        assert proc.stdout.readline().strip() == "ready"
-        tree = dc.ProcessTree(proc.pid)
-        deadline = time.monotonic() + 10
-        while len(tree.records) < 2 and time.monotonic() < deadline:  # the child is up
-            first = tree.sample()
-        assert first.processes == 2
-        assert first.rss > 0
-        tree.mark()
-        assert tree.run_cpu_s() == pytest.approx(0.0, abs=1e-6)
-        proc.stdin.write("0.3\n")
-        proc.stdin.flush()
-        assert proc.stdout.readline().strip() == "done"
-        after = tree.sample()
-        assert 0.25 <= tree.run_cpu_s() <= after.cpu_s
-        assert tree.run_cpu_s("supervisor") == pytest.approx(tree.run_cpu_s(), abs=0.05)
-        assert tree.peak_rss >= after.rss > 0
-        roles = {row["pid"]: row["role"] for row in tree.breakdown()}
-        assert roles[proc.pid] == "supervisor"
-        assert len(roles) == 2
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 # --------------------------------------------------------------------------------- watch loop
