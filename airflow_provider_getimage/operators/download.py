@@ -6,13 +6,14 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import BaseOperator, ObjectStoragePath
 
-from airflow_provider_getimage import _rules, storage
+from airflow_provider_getimage import _rules, assets, storage
 from airflow_provider_getimage.inputs import check_count, is_template, known_deep, known_now
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
     from airflow.providers.common.compat.sdk import Context
+    from airflow.providers.openlineage.extractors import OperatorLineage
 
 __all__ = ["GetImageDownloadOperator"]
 
@@ -85,6 +86,8 @@ class GetImageDownloadOperator(BaseOperator):
         self.max_image_bytes = check_count("max_image_bytes", max_image_bytes)
         self.download_attempts = check_count("download_attempts", download_attempts)
         self.request_timeout = _rules.check_positive("request_timeout", request_timeout)
+        self._saved: list[tuple[str, str]] = []
+        """(diffusion id, stored file URI) of each image saved, for the asset events and lineage."""
         # What is final at parse time is checked now: a typo fails the DAG file, not a run.
         batches = storage.url_batches(image_urls) if known_deep(image_urls) else None
         if known_now(destination_conn_id) and _static_destination(destination):
@@ -108,7 +111,22 @@ class GetImageDownloadOperator(BaseOperator):
             request_timeout=self.request_timeout,
             attempts=self.download_attempts,
         ) as store:
-            return [store.save(url, stem, index) for url, stem, index in plan]
+            self._saved = [(stem, store.save(url, stem, index)) for url, stem, index in plan]
+        files = [uri for _, uri in self._saved]
+        assets.announce(
+            context, self.outlets, assets.asset_extra(diffusion_ids=self._diffusion_ids(), files=files)
+        )
+        return files
+
+    def _diffusion_ids(self) -> list[str]:
+        """The diffusions of the saved images, each once, in order."""
+        return list(dict.fromkeys(diffusion_id for diffusion_id, _ in self._saved))
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        """OpenLineage: the stored files as outputs, the diffusion id(s) as the external query."""
+        from airflow_provider_getimage.lineage import operator_lineage
+
+        return operator_lineage(diffusion_ids=self._diffusion_ids(), files=[uri for _, uri in self._saved])
 
     def _plan(self, context: Context, batches: list[list[str]]) -> list[tuple[str, str, int]]:
         """Each URL with the diffusion id and index it is saved under; no two images share a name."""
