@@ -29,7 +29,12 @@ _MAX_EXTERNAL_ID = 2000
 
 
 def file_dataset(uri: str) -> Dataset:
-    """A stored file as a dataset: namespace and name from its ``ObjectStoragePath``."""
+    """
+    A stored file as a dataset: namespace and name from its ``ObjectStoragePath``.
+
+    A local file keeps its absolute path as the name (namespace ``file``), as OpenLineage names
+    local files and as Airflow's own ``file://`` assets translate.
+    """
     from airflow.providers.common.compat.openlineage.facet import Dataset
     from airflow.providers.common.compat.sdk import ObjectStoragePath
 
@@ -37,7 +42,10 @@ def file_dataset(uri: str) -> Dataset:
     namespace = getattr(path, "namespace", None) or (
         f"{path.protocol}://{path.bucket}" if path.bucket else path.protocol
     )
-    return Dataset(namespace=namespace or "file", name=path.key)
+    name = path.key
+    if path.protocol in ("file", "local", "") and not name.startswith("/"):
+        name = "/" + name
+    return Dataset(namespace=namespace or "file", name=name)
 
 
 def url_dataset(url: str) -> Dataset:
