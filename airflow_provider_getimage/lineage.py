@@ -62,6 +62,7 @@ def operator_lineage(
     image_urls: Sequence[str] | None = None,
     files: Sequence[str] | None = None,
     inputs: Sequence[str] | None = None,
+    manifest: str | None = None,
 ) -> OperatorLineage:
     """
     The lineage of a GetImage task.
@@ -71,6 +72,7 @@ def operator_lineage(
     :param image_urls: the image URLs, the outputs when ``files`` is not given.
     :param files: the stored file URIs (a download, a batch's stored images), preferred as outputs.
     :param inputs: object storage URIs the task read (a batch's JSONL of prompts).
+    :param manifest: a batch's manifest URI, an output of its own (first, before the images).
     """
     from airflow.providers.common.compat.openlineage.facet import ExternalQueryRunFacet
     from airflow.providers.openlineage.extractors import OperatorLineage
@@ -80,6 +82,8 @@ def operator_lineage(
         if files
         else [url_dataset(url) for url in (image_urls or [])[:MAX_OUTPUTS]]
     )
+    if manifest:
+        outputs.insert(0, file_dataset(manifest))
     run_facets: dict[str, Any] = {}
     ids = [diffusion_ids] if isinstance(diffusion_ids, str) else list(diffusion_ids or [])
     if ids:

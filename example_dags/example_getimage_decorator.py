@@ -15,9 +15,10 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from airflow.providers.common.compat.sdk import DAG, task
+from airflow.providers.common.compat.sdk import DAG, Asset, task
 
 log = logging.getLogger(__name__)
+BANNERS = Asset(name="getimage_example_banners", uri="getimage://example/banners")
 
 with DAG(
     dag_id="example_getimage_decorator",
@@ -32,7 +33,7 @@ with DAG(
         """The prompt: a string (or a mapping with prompt, model, parameters)."""
         return f"a travel poster of {subject}, art deco"
 
-    @task.getimage(deferrable=True, poll_interval=1)
+    @task.getimage(deferrable=True, poll_interval=1, outlets=[BANNERS])
     def banner(ds: str | None = None) -> dict[str, Any]:
         """A mapping overrides the decorator's model and parameters."""
         return {"prompt": f"a banner for the {ds} newsletter", "parameters": {"aspect_ratio": "3:1"}}

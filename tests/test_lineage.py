@@ -68,8 +68,14 @@ def test_operator_lineage_prefers_files_and_names_the_diffusion() -> None:
 def test_operator_lineage_of_a_batch_is_bounded() -> None:
     ids = [f"id-{n:05d}" for n in range(3000)]
     urls = [f"https://h/{n}.png" for n in range(3000)]
-    result = lineage.operator_lineage(diffusion_ids=ids, image_urls=urls, inputs=["s3://b/prompts.jsonl"])
-    assert len(result.outputs) == lineage.MAX_OUTPUTS
+    result = lineage.operator_lineage(
+        diffusion_ids=ids,
+        image_urls=urls,
+        inputs=["s3://b/prompts.jsonl"],
+        manifest="s3://b/out/manifest.jsonl",
+    )
+    assert len(result.outputs) == lineage.MAX_OUTPUTS + 1
+    assert (result.outputs[0].namespace, result.outputs[0].name) == ("s3://b", "out/manifest.jsonl")
     assert len(result.run_facets["externalQuery"].externalQueryId) <= 2000
     assert [(d.namespace, d.name) for d in result.inputs] == [("s3://b", "prompts.jsonl")]
 
