@@ -131,7 +131,10 @@ class GetImageDecoratedOperator(DecoratedOperator, GetImageDiffusionOperator):
         self.log.info(
             "Prompt from %s(): %s", self.python_callable.__name__, _rules.clip(request["prompt"], 200)
         )
-        return super().execute(context)
+        # The operator's execute itself, not DecoratedOperator.execute: on Airflow 3.0 that one
+        # reads a removed ``self.xcom_push``; its only other work (assets among the function's
+        # arguments or return value become inlets or outlets) does not apply to a prompt.
+        return GetImageDiffusionOperator.execute(self, context)
 
     def _use(self, request: Mapping[str, Any]) -> None:
         self.prompt, self.model, self.parameters = request["prompt"], request["model"], request["parameters"]

@@ -12,7 +12,7 @@ import pytest
 
 from airflow_provider_getimage.decorators.getimage import request_from
 from tests import dag_runs
-from tests.test_assets import asset_events
+from tests.test_assets import DAG_TEST_ASSETS, asset_events
 
 if TYPE_CHECKING:
     from airflow.sdk import DAG
@@ -62,6 +62,7 @@ def dags() -> dict[str, DAG]:
     return dag_runs.parse(dag_runs.TEST_DAGS / "getimage_decorator_dags.py")
 
 
+@DAG_TEST_ASSETS
 def test_example_dag_mapped_and_deferred(getimage_airflow_conn: Emulator) -> None:
     dag = dag_runs.parse(dag_runs.EXAMPLE_DAGS / "example_getimage_decorator.py")[
         "example_getimage_decorator"
@@ -110,6 +111,7 @@ def test_bad_return_value_fails_before_any_submission(
     assert getimage_airflow_conn.stats()["submissions"] == 0
 
 
+@DAG_TEST_ASSETS
 @pytest.mark.getimage_emulator(latency=1.5)
 def test_deferred_task_resumes_and_announces_no_placeholder(
     dags: dict[str, DAG], getimage_airflow_conn: Emulator, capfd: pytest.CaptureFixture[str]
