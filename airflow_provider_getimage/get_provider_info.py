@@ -59,6 +59,12 @@ def get_provider_info() -> dict[str, Any]:
                 ],
             }
         ],
+        "task-decorators": [
+            {
+                "name": "getimage",
+                "class-name": "airflow_provider_getimage.decorators.getimage.getimage_task",
+            }
+        ],
         "extra-links": ["airflow_provider_getimage.links.getimage.GetImageImagesLink"],
         # The gallery plugin is registered by the `airflow.plugins` entry point only: Airflow 3.3
         # loads that always, and with `[core] lazy_discover_providers = False` it would load a

@@ -8,13 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import BaseOperator, ObjectStoragePath
 
-from airflow_provider_getimage import _rules, batch, storage
+from airflow_provider_getimage import _rules, assets, batch, storage
 from airflow_provider_getimage.inputs import check_count, is_template, known_deep, known_now
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
     from airflow.providers.common.compat.sdk import Context
+    from airflow.providers.openlineage.extractors import OperatorLineage
 
 __all__ = ["GetImageDownloadOperator"]
 
@@ -102,6 +103,9 @@ class GetImageDownloadOperator(BaseOperator):
         self.request_timeout = _rules.check_positive("request_timeout", request_timeout)
         self.manifest_conn_id = manifest_conn_id
         self.max_concurrency = check_count("max_concurrency", max_concurrency)
+        self._saved: list[tuple[str, str]] = []
+        """(diffusion id or batch key, stored file URI) of each image saved, for asset events and lineage."""
+        self._manifest: str | None = None
         if is_batch_result(image_urls):
             return
         # What is final at parse time is checked now: a typo fails the DAG file, not a run.
@@ -118,7 +122,7 @@ class GetImageDownloadOperator(BaseOperator):
             self.destination_conn_id,
         )
         if is_batch_result(self.image_urls):
-            return self._save_batch(destination)
+            return self._save_batch(context, destination)
         batches = storage.url_batches(self.image_urls)
         plan = self._plan(context, batches)
         self.log.info("Saving %d image(s) to %s", len(plan), destination)
@@ -129,9 +133,27 @@ class GetImageDownloadOperator(BaseOperator):
             request_timeout=self.request_timeout,
             attempts=self.download_attempts,
         ) as store:
-            return [store.save(url, stem, index) for url, stem, index in plan]
+            self._saved = [(stem, store.save(url, stem, index)) for url, stem, index in plan]
+        files = [uri for _, uri in self._saved]
+        assets.announce(
+            context, self.outlets, assets.asset_extra(diffusion_ids=self._diffusion_ids(), files=files)
+        )
+        return files
 
-    def _save_batch(self, destination: ObjectStoragePath) -> dict[str, Any]:
+    def _diffusion_ids(self) -> list[str]:
+        """The diffusions of the saved images, each once, in order."""
+        return list(dict.fromkeys(diffusion_id for diffusion_id, _ in self._saved))
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        """OpenLineage: the stored files as outputs, the diffusion id(s) as the external query."""
+        from airflow_provider_getimage.lineage import operator_lineage
+
+        files = [uri for _, uri in self._saved]
+        if self._manifest is not None:  # a batch's images are named by key; its ids are in the manifest
+            return operator_lineage(diffusion_ids=[], files=files, manifest=self._manifest)
+        return operator_lineage(diffusion_ids=self._diffusion_ids(), files=files)
+
+    def _save_batch(self, context: Context, destination: ObjectStoragePath) -> dict[str, Any]:
         """Every finished item of a batch's manifest, ``max_concurrency`` downloads at a time."""
         result: Any = self.image_urls
         manifest = str(result["manifest"])
@@ -167,6 +189,9 @@ class GetImageDownloadOperator(BaseOperator):
         finally:
             for store in stores:
                 store.close()
+        self._manifest = manifest
+        self._saved = [(stem, uri) for (_, stem, _), uri in zip(plan, files, strict=True)]
+        assets.announce(context, self.outlets, assets.asset_extra(files=files, manifest=manifest))
         return {"destination": str(destination), "files": len(files), "manifest": manifest}
 
     def _plan(self, context: Context, batches: list[list[str]]) -> list[tuple[str, str, int]]:

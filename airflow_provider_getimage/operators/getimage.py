@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import BaseOperator, ResumableJobMixin, conf
 
-from airflow_provider_getimage import _rules
+from airflow_provider_getimage import _rules, assets
 from airflow_provider_getimage.exceptions import GetImageNotFoundError
 from airflow_provider_getimage.hooks.getimage import GetImageHook
 from airflow_provider_getimage.inputs import known_now, task_named
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from airflow.providers.common.compat.sdk import Context
+    from airflow.providers.openlineage.extractors import OperatorLineage
 
     from airflow_provider_getimage.operators.review import GetImageReviewOperator
 
@@ -101,6 +102,8 @@ class GetImageDiffusionOperator(ResumableJobMixin, BaseOperator):
         self.deferrable = deferrable
         self._submission: dict[str, Any] | None = None
         self._result: list[str] | str | None = None
+        self._diffusion_id: str | None = None
+        self._image_urls: list[str] = []
         with task_named(self.task_id):
             self.poll_interval = _rules.check_poll_interval(poll_interval)
             self.timeout = _rules.check_positive("timeout", timeout)
@@ -176,7 +179,8 @@ class GetImageDiffusionOperator(ResumableJobMixin, BaseOperator):
         latest = _rules.bounded_record(self._submission or {"id": diffusion_id})
         context["ti"].xcom_push(key="diffusion", value=latest)
         if not self.wait_for_completion:
-            self._result = diffusion_id
+            self._diffusion_id, self._result = diffusion_id, diffusion_id
+            self._announce(context)
             return diffusion_id
         if self.deferrable:
             final = self._check_then_defer(diffusion_id, end_time=time.time() + self.timeout)
@@ -184,7 +188,7 @@ class GetImageDiffusionOperator(ResumableJobMixin, BaseOperator):
             final = self.hook.wait_for_diffusion(
                 diffusion_id, self.poll_interval, self.timeout, self.max_poll_interval
             )
-        self._result = push_finished(context, self.log, diffusion_id, final)
+        self._result = self._finished(context, diffusion_id, final)
         return self._result
 
     def get_job_result(self, external_id: Any, context: Context) -> list[str] | str:
@@ -192,9 +196,7 @@ class GetImageDiffusionOperator(ResumableJobMixin, BaseOperator):
         if self._result is None:
             diffusion_id = str(external_id)
             context["ti"].xcom_push(key="diffusion_id", value=diffusion_id)
-            self._result = push_finished(
-                context, self.log, diffusion_id, self.hook.get_diffusion(diffusion_id)
-            )
+            self._result = self._finished(context, diffusion_id, self.hook.get_diffusion(diffusion_id))
         return self._result
 
     def _check_then_defer(self, diffusion_id: str, end_time: float) -> dict[str, Any]:
@@ -223,7 +225,30 @@ class GetImageDiffusionOperator(ResumableJobMixin, BaseOperator):
             record = result_from_event(event)
             # The trigger's own id (checked when it was built), not whatever the record claims.
             diffusion_id = str((event or {}).get("diffusion_id") or record.get("id"))
-            return push_finished(context, self.log, diffusion_id, record)
+            return self._finished(context, diffusion_id, record)
+
+    def _finished(self, context: Context, diffusion_id: str, record: dict[str, Any]) -> list[str]:
+        """Push the finished diffusion's XComs, remember it for lineage, announce it to the outlets."""
+        urls = push_finished(context, self.log, diffusion_id, record)
+        self._diffusion_id, self._image_urls = diffusion_id, urls
+        self._announce(context)
+        return urls
+
+    def _announce(self, context: Context) -> None:
+        """Put what this task made on the events of its ``Asset`` outlets (``assets.asset_extra``)."""
+        extra = assets.asset_extra(
+            diffusion_ids=[self._diffusion_id] if self._diffusion_id else [],
+            model=self.model,
+            prompt=self.prompt,
+            image_urls=self._image_urls,
+        )
+        assets.announce(context, self.outlets, extra)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        """OpenLineage: the image URLs as outputs, the diffusion id as the external query."""
+        from airflow_provider_getimage.lineage import operator_lineage
+
+        return operator_lineage(diffusion_ids=self._diffusion_id, image_urls=self._image_urls)
 
     def on_kill(self) -> None:
         """GetImage.io has no cancel call: say which diffusion keeps running, close the session."""

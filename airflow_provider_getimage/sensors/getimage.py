@@ -15,7 +15,7 @@ from airflow.providers.common.compat.sdk import (
     conf,
 )
 
-from airflow_provider_getimage import _rules
+from airflow_provider_getimage import _rules, assets
 from airflow_provider_getimage.exceptions import GetImageTimeoutError
 from airflow_provider_getimage.hooks.getimage import GetImageHook
 from airflow_provider_getimage.inputs import known_now, task_named
@@ -112,7 +112,7 @@ class GetImageDiffusionSensor(BaseSensorOperator):
         if poll.outcome == "running":
             return PokeReturnValue(is_done=False)
         return PokeReturnValue(
-            is_done=True, xcom_value=push_finished(context, self.log, watch.diffusion_id, poll.record)
+            is_done=True, xcom_value=self._finished(context, watch.diffusion_id, poll.record)
         )
 
     def execute(self, context: Context) -> Any:
@@ -153,4 +153,11 @@ class GetImageDiffusionSensor(BaseSensorOperator):
                 raise AirflowSkipException(str(err)) from err
             raise AirflowSensorTimeout(str(err)) from err
         with failure_recorded(context):
-            return push_finished(context, self.log, self._diffusion_id(), record)
+            return self._finished(context, self._diffusion_id(), record)
+
+    def _finished(self, context: Context, diffusion_id: str, record: dict[str, Any]) -> list[str]:
+        """Push the finished diffusion's XComs and announce it to the ``Asset`` outlets."""
+        urls = push_finished(context, self.log, diffusion_id, record)
+        extra = assets.asset_extra(diffusion_ids=[diffusion_id], image_urls=urls)
+        assets.announce(context, self.outlets, extra)
+        return urls
