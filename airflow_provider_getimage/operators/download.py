@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import BaseOperator, ObjectStoragePath
 
 from airflow_provider_getimage import _rules, storage
-from airflow_provider_getimage.inputs import check_count, is_template, known_deep, known_now
+from airflow_provider_getimage.inputs import check_count, is_template, known_deep, known_now, task_named
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -82,16 +82,17 @@ class GetImageDownloadOperator(BaseOperator):
         self.destination = destination
         self.diffusion_id = diffusion_id
         self.destination_conn_id = destination_conn_id
-        self.max_image_bytes = check_count("max_image_bytes", max_image_bytes)
-        self.download_attempts = check_count("download_attempts", download_attempts)
-        self.request_timeout = _rules.check_positive("request_timeout", request_timeout)
         # What is final at parse time is checked now: a typo fails the DAG file, not a run.
-        batches = storage.url_batches(image_urls) if known_deep(image_urls) else None
-        if known_now(destination_conn_id) and _static_destination(destination):
-            storage.destination_path(destination, destination_conn_id)
-        if diffusion_id is not None and known_deep(diffusion_id):
-            ids = [diffusion_id] if isinstance(diffusion_id, str) else diffusion_id
-            storage.diffusion_ids(diffusion_id, len(batches) if batches is not None else len(list(ids)))
+        with task_named(self.task_id):
+            self.max_image_bytes = check_count("max_image_bytes", max_image_bytes)
+            self.download_attempts = check_count("download_attempts", download_attempts)
+            self.request_timeout = _rules.check_positive("request_timeout", request_timeout)
+            batches = storage.url_batches(image_urls) if known_deep(image_urls) else None
+            if known_now(destination_conn_id) and _static_destination(destination):
+                storage.destination_path(destination, destination_conn_id)
+            if diffusion_id is not None and known_deep(diffusion_id):
+                ids = [diffusion_id] if isinstance(diffusion_id, str) else diffusion_id
+                storage.diffusion_ids(diffusion_id, len(batches) if batches is not None else len(list(ids)))
 
     def execute(self, context: Context) -> list[str]:
         batches = storage.url_batches(self.image_urls)

@@ -19,7 +19,7 @@ from airflow_provider_getimage import _rules
 from airflow_provider_getimage.exceptions import GetImageTimeoutError
 from airflow_provider_getimage.hooks.getimage import GetImageHook
 from airflow_provider_getimage.inputs import known_now, task_named
-from airflow_provider_getimage.links.getimage import GetImageImagesLink
+from airflow_provider_getimage.links.getimage import GetImageImagesLink, logs_gallery_url
 from airflow_provider_getimage.polling import DiffusionWatch, push_finished, result_from_event
 from airflow_provider_getimage.triggers.getimage import GetImageDiffusionTrigger
 
@@ -53,6 +53,8 @@ class GetImageDiffusionSensor(BaseSensorOperator):
     operator_extra_links = (GetImageImagesLink(),)
     returns_image_urls = True
     """Its return value is a diffusion's image URLs and it pushes ``diffusion_id`` (read by downloads)."""
+    diffusion_pushed = False
+    """Whether this try pushed its diffusion to XCom (the extra link reads XCom only then)."""
     ui_color = "#e8dcfa"
 
     def __init__(
@@ -106,40 +108,47 @@ class GetImageDiffusionSensor(BaseSensorOperator):
             raise poll.error
         if poll.outcome == "running":
             return PokeReturnValue(is_done=False)
+        self.diffusion_pushed = True
         return PokeReturnValue(
             is_done=True, xcom_value=push_finished(context, self.log, watch.diffusion_id, poll.record)
         )
 
     def execute(self, context: Context) -> Any:
-        try:
-            if not self.deferrable:
-                return super().execute(context)
-            done = self.poke(context)  # a finished diffusion needs no triggerer
-            if done.is_done:
-                return done.xcom_value
-            # The latest record, so the extra link has something to read while the task is deferred.
-            latest = self.watch().record or {"id": self._diffusion_id()}
-            context["ti"].xcom_push(key="diffusion", value=_rules.bounded_record(latest))
-        finally:
-            self.hook.close()
-        timeout = self.timeout.total_seconds() if isinstance(self.timeout, timedelta) else float(self.timeout)
-        self.defer(
-            trigger=GetImageDiffusionTrigger(
-                diffusion_id=self._diffusion_id(),
-                getimage_conn_id=self.getimage_conn_id,
-                poll_interval=self._poke_interval_seconds(),
-                end_time=time.time() + timeout,
-                max_poll_interval=self.max_poll_interval,
-            ),
-            method_name="execute_complete",
-        )
+        with logs_gallery_url(self, context):
+            try:
+                if not self.deferrable:
+                    return super().execute(context)
+                done = self.poke(context)  # a finished diffusion needs no triggerer
+                if done.is_done:
+                    return done.xcom_value
+                # The latest record, so the extra link has something to read while the task is deferred.
+                latest = self.watch().record or {"id": self._diffusion_id()}
+                context["ti"].xcom_push(key="diffusion", value=_rules.bounded_record(latest))
+                self.diffusion_pushed = True
+            finally:
+                self.hook.close()
+            timeout = (
+                self.timeout.total_seconds() if isinstance(self.timeout, timedelta) else float(self.timeout)
+            )
+            self.defer(
+                trigger=GetImageDiffusionTrigger(
+                    diffusion_id=self._diffusion_id(),
+                    getimage_conn_id=self.getimage_conn_id,
+                    poll_interval=self._poke_interval_seconds(),
+                    end_time=time.time() + timeout,
+                    max_poll_interval=self.max_poll_interval,
+                ),
+                method_name="execute_complete",
+            )
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[str]:
         """Resume after the trigger: the image URLs, or a failure (a skip with ``soft_fail``)."""
-        try:
-            record = result_from_event(event)
-        except GetImageTimeoutError as err:
-            if self.soft_fail:
-                raise AirflowSkipException(str(err)) from err
-            raise AirflowSensorTimeout(str(err)) from err
-        return push_finished(context, self.log, self._diffusion_id(), record)
+        self.diffusion_pushed = True  # before deferring, the try pushed ``diffusion``
+        with logs_gallery_url(self, context):
+            try:
+                record = result_from_event(event)
+            except GetImageTimeoutError as err:
+                if self.soft_fail:
+                    raise AirflowSkipException(str(err)) from err
+                raise AirflowSensorTimeout(str(err)) from err
+            return push_finished(context, self.log, self._diffusion_id(), record)

@@ -1,0 +1,29 @@
+"""DAGs of the message tests (tests/test_messages.py): tasks that never submit, and the gallery log line."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.providers.common.compat.sdk import DAG
+
+from airflow_provider_getimage.operators.getimage import GetImageDiffusionOperator
+from airflow_provider_getimage.sensors.getimage import GetImageDiffusionSensor
+
+START = datetime(2026, 1, 1)
+
+# Both render to bad values, so both fail at run time before any request is sent.
+with DAG(
+    "getimage_messages_never_submitted",
+    schedule=None,
+    start_date=START,
+    params={"prompt": "", "diffusion_id": ".."},
+):
+    GetImageDiffusionOperator(task_id="generate", prompt="{{ params.prompt }}", poll_interval=0.1, timeout=30)
+    GetImageDiffusionSensor(task_id="wait", diffusion_id="{{ params.diffusion_id }}", poke_interval=0.1)
+
+with DAG("getimage_messages_gallery_line", schedule=None, start_date=START):
+    GetImageDiffusionOperator(task_id="blocking", prompt="a kite", poll_interval=0.1, timeout=30)
+    GetImageDiffusionOperator(
+        task_id="deferred", prompt="a kite", deferrable=True, poll_interval=0.1, timeout=30
+    )
+    GetImageDiffusionOperator(task_id="failing", prompt="nsfw kite", poll_interval=0.1, timeout=30)
