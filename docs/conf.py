@@ -44,6 +44,6 @@ autodoc_typehints_format = "short"
 # Names in type hints that autodoc cannot resolve to a documented object are not errors.
 nitpicky = False
 
-html_theme = "sphinx_airflow_theme"
+html_theme = "furo"
 html_title = f"airflow-provider-getimage {release}"
 html_show_sourcelink = False

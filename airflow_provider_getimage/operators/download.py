@@ -44,8 +44,11 @@ class GetImageDownloadOperator(BaseOperator):
     ``<diffusion_id>_<index>.<ext>`` in ``destination``, written atomically; returns the stored
     files as URI strings, in the order of the URLs. Without ``diffusion_id`` each URL is named
     after the diffusion found in its upstream task's XComs. Inputs are checked before the first
-    download (at parse time when final). README "Download images" has the naming rules, the
-    retries and the storage schemes.
+    download (at parse time when final).
+
+    .. seealso::
+        The naming rules, the retries and the storage schemes:
+        :ref:`howto/operator:GetImageDownloadOperator`.
 
     :param image_urls: the URLs to download (templated): usually ``generate.output`` (a list of
         URLs) or a mapped generation's ``.output`` (a list of lists); a single URL is accepted.

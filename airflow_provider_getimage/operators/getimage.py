@@ -38,7 +38,9 @@ class GetImageDiffusionOperator(ResumableJobMixin, BaseOperator):
     lost; returns the image URLs (the id with ``wait_for_completion=False``) and the final record
     in XCom ``diffusion``. Deferrable: the wait and its deadline live in the trigger. Durable on
     Airflow 3.3+: a retry reconnects to the diffusion it submitted instead of paying twice.
-    README "Operator, sensor, trigger" has the modes, the XCom contract and the retry rules.
+
+    .. seealso::
+        The modes, the XCom contract and the retry rules: :ref:`howto/operator:GetImageDiffusionOperator`.
 
     :param prompt: the text to draw (templated).
     :param model: the model (templated); ``None`` uses the connection's ``default_model`` extra.

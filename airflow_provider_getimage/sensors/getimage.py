@@ -40,6 +40,9 @@ class GetImageDiffusionSensor(BaseSensorOperator):
     record goes to XCom ``diffusion``. Works in ``poke``, ``reschedule`` and deferrable mode (the
     wait then happens in the triggerer, deadline included).
 
+    .. seealso::
+        :ref:`howto/sensor:GetImageDiffusionSensor`
+
     :param diffusion_id: the diffusion to wait for (templated), e.g.
         ``"{{ ti.xcom_pull(task_ids='submit', key='diffusion_id') }}"``.
     :param getimage_conn_id: the GetImage.io connection (templated).
