@@ -138,3 +138,15 @@ def test_the_task_log_ends_with_the_gallery_url(
     )
     finished = [match.start() for match in re.finditer(r"finished with 4 image\(s\)", output)]
     assert any(position < blocking for position in finished), "after the task's own lines"
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_a_download_of_a_mapped_generation_reads_no_xcom_past_the_end(
+    dags: dict[str, DAG], getimage_airflow_conn: Emulator, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Iterating Airflow's lazy sequence reads one item too many, logged as an ERROR; indexing does not."""
+    dag_run = dag_runs.run(dags["getimage_messages_mapped_download"])
+    output = capfd.readouterr().out
+    assert dag_runs.states(dag_run)[("download", -1)] == "success"
+    assert len(dag_runs.xcom(dag_run, "download")) == 8
+    assert "XCom not found" not in output
