@@ -1,4 +1,4 @@
-# The two commands of the README: `make demo` and `make test`. Both set everything up first:
+# The commands of CONTRIBUTING.md (`make demo`, `make test`, `make docs`...). They set everything up first:
 # a virtualenv in .venv with the locked versions of constraints.txt (what CI tested).
 PYTHON ?= python3
 VENV := .venv
@@ -52,7 +52,7 @@ unit: $(STAMP) browser
 
 test: lint typecheck unit
 
-# The version matrix (README "Supported versions"): the suite minus the real-process e2e tests on
+# The version matrix (CONTRIBUTING.md "Versions and locks"): the suite minus the real-process e2e tests on
 # each older Airflow of MATRIX, in .venv-airflow-X.Y locked by constraints/airflow-X.Y.txt.
 # Airflow 3.3 (constraints.txt) is the one `make test` runs.
 MATRIX ?= 3.0
@@ -99,7 +99,7 @@ lock:
 	rm -rf .lock-venv
 
 clean:
-	rm -rf $(VENV) .venv-airflow-* .demo demo-output bench-results.json bench-deployment.json .mypy_cache .ruff_cache .pytest_cache build dist
+	rm -rf $(VENV) .venv-airflow-* .demo demo-output bench-results.json bench-deployment.json .mypy_cache .ruff_cache .pytest_cache build dist docs/_build
 
 # The documentation site (docs/, Sphinx; pinned in constraints.txt through the `docs` extra), built
 # into docs/_build/html with every warning an error. CI runs it after `make test`.
