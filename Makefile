@@ -1,4 +1,4 @@
-# The two commands of the README: `make demo` and `make test`. Both set everything up first:
+# The commands of CONTRIBUTING.md (`make demo`, `make test`, `make docs`...). They set everything up first:
 # a virtualenv in .venv with the locked versions of constraints.txt (what CI tested).
 PYTHON ?= python3
 VENV := .venv
@@ -8,13 +8,13 @@ STAMP := $(VENV)/.installed-stamp
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install browser demo test lint typecheck unit bench bench-deployment bench-scale bench-batch clean lock test-matrix dist
+.PHONY: install browser demo test lint typecheck unit bench bench-deployment bench-scale bench-batch clean lock test-matrix dist docs
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed, found " + sys.version.split()[0])'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "pip==$$(sed -n 's/^pip==//p' constraints.txt)"
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,docs]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -52,7 +52,7 @@ unit: $(STAMP) browser
 
 test: lint typecheck unit
 
-# The version matrix (README "Supported versions"): the suite minus the real-process e2e tests on
+# The version matrix (CONTRIBUTING.md "Versions and locks"): the suite minus the real-process e2e tests on
 # each older Airflow of MATRIX, in .venv-airflow-X.Y locked by constraints/airflow-X.Y.txt.
 # Airflow 3.3 (constraints.txt) is the one `make test` runs.
 MATRIX ?= 3.0
@@ -106,10 +106,16 @@ lock:
 	rm -rf .lock-venv
 	$(PYTHON) -m venv .lock-venv
 	PIP_CONSTRAINT= .lock-venv/bin/python -m pip install --quiet --upgrade pip
-	PIP_CONSTRAINT= .lock-venv/bin/python -m pip install --quiet -e ".[dev]" hatchling
+	PIP_CONSTRAINT= .lock-venv/bin/python -m pip install --quiet -e ".[dev,docs]" hatchling
 	{ echo "# Locked versions for make install/test/demo (make lock rewrites this file)."; \
 	  .lock-venv/bin/python -m pip freeze --all --exclude-editable | grep -v '^setuptools=='; } > constraints.txt
 	rm -rf .lock-venv
 
 clean:
-	rm -rf $(VENV) .venv-airflow-* .demo demo-output bench-results.json bench-deployment.json bench-scale.json bench-batch.json .mypy_cache .ruff_cache .pytest_cache build dist
+	rm -rf $(VENV) .venv-airflow-* .demo demo-output bench-results.json bench-deployment.json bench-scale.json bench-batch.json .mypy_cache .ruff_cache .pytest_cache build dist docs/_build
+
+# The documentation site (docs/, Sphinx; pinned in constraints.txt through the `docs` extra), built
+# into docs/_build/html with every warning an error. CI runs it after `make test`.
+docs: $(STAMP)
+	rm -rf docs/_build/html docs/_build/doctrees
+	$(BIN)/sphinx-build -W --keep-going -b html -d docs/_build/doctrees docs docs/_build/html

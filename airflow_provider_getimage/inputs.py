@@ -9,24 +9,62 @@ credits, and a typo should fail the DAG file, not a run.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import inspect
+import os
+import sysconfig
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-__all__ = ["check_count", "is_template", "known_deep", "known_now", "task_named"]
+__all__ = ["check_count", "dag_file_line", "is_template", "known_deep", "known_now", "task_named"]
+
+_PROVIDER_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 @contextlib.contextmanager
-def task_named(task_id: str) -> Iterator[None]:
+def task_named(task_id: str, *, at_parse_time: bool = True) -> Iterator[None]:
     """
     Prefix a ``TypeError``/``ValueError`` raised inside with the task id, so an author with many
-    tasks in one DAG file sees which one holds the bad value.
+    tasks in one DAG file sees which one holds the bad value; at parse time, also say which line
+    of the DAG file built the task (Airflow's import error shows only the last frames, inside the
+    provider).
+
+    :param at_parse_time: the check runs while the DAG file is parsed (the caller's line is the
+        author's); at run time the stack is Airflow's own, so no line is given.
     """
     try:
         yield
     except (TypeError, ValueError) as err:
-        raise type(err)(f"Task {task_id!r}: {err}") from None
+        where = dag_file_line() if at_parse_time else None
+        suffix = f" ({where})" if where else ""
+        raise type(err)(f"Task {task_id!r}: {err}{suffix}") from None
+
+
+def _library_dirs() -> tuple[str, ...]:
+    """The folders whose frames are not the author's: this provider, Airflow and the standard library."""
+    dirs = [_PROVIDER_DIR]
+    spec = importlib.util.find_spec("airflow")
+    dirs += [os.path.abspath(path) for path in (spec.submodule_search_locations or [])] if spec else []
+    paths = sysconfig.get_paths()
+    dirs += [os.path.abspath(paths[key]) for key in ("stdlib", "platstdlib") if key in paths]
+    return tuple(os.path.join(path, "") for path in dirs)
+
+
+def dag_file_line() -> str | None:
+    """
+    ``<file>, line <n>`` of the innermost frame outside the provider, Airflow and the standard
+    library: the author's line that built the task. None when there is none.
+    """
+    skipped = _library_dirs()
+    frame = inspect.currentframe()
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not filename.startswith("<") and not os.path.abspath(filename).startswith(skipped):
+            return f"{filename}, line {frame.f_lineno}"
+        frame = frame.f_back
+    return None
 
 
 def is_template(value: object) -> bool:

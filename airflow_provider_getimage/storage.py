@@ -116,7 +116,13 @@ def url_batches(image_urls: object) -> list[list[str]]:
             "image_urls must be a list of URL strings (or a list of such lists), "
             f"got {type(image_urls).__name__}: {image_urls!r}."
         )
-    items = list(image_urls)
+    # A mapped task's gathered output is Airflow's lazy sequence: iterating it reads one item past
+    # the end, which Airflow logs as an ERROR ("XCom not found"); reading up to its length does not.
+    items = (
+        [image_urls[index] for index in range(len(image_urls))]
+        if isinstance(image_urls, Sequence)
+        else list(image_urls)
+    )
     if not items:
         raise ValueError("image_urls is empty: there is no image to download.")
     if any(isinstance(item, str) for item in items):  # one diffusion's list: strings only

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import BaseOperator, ObjectStoragePath
 
 from airflow_provider_getimage import _rules, assets, batch, storage
-from airflow_provider_getimage.inputs import check_count, is_template, known_deep, known_now
+from airflow_provider_getimage.inputs import check_count, is_template, known_deep, known_now, task_named
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -52,8 +52,11 @@ class GetImageDownloadOperator(BaseOperator):
     ``<diffusion_id>_<index>.<ext>`` in ``destination``, written atomically; returns the stored
     files as URI strings, in the order of the URLs. Without ``diffusion_id`` each URL is named
     after the diffusion found in its upstream task's XComs. Inputs are checked before the first
-    download (at parse time when final). README "Download images" has the naming rules, the
-    retries and the storage schemes.
+    download (at parse time when final).
+
+    .. seealso::
+        The naming rules, the retries and the storage schemes:
+        :ref:`howto/operator:GetImageDownloadOperator`.
 
     :param image_urls: the URLs to download (templated): usually ``generate.output`` (a list of
         URLs) or a mapped generation's ``.output`` (a list of lists); a single URL is accepted.
@@ -98,23 +101,24 @@ class GetImageDownloadOperator(BaseOperator):
         self.destination = destination
         self.diffusion_id = diffusion_id
         self.destination_conn_id = destination_conn_id
-        self.max_image_bytes = check_count("max_image_bytes", max_image_bytes)
-        self.download_attempts = check_count("download_attempts", download_attempts)
-        self.request_timeout = _rules.check_positive("request_timeout", request_timeout)
         self.manifest_conn_id = manifest_conn_id
-        self.max_concurrency = check_count("max_concurrency", max_concurrency)
         self._saved: list[tuple[str, str]] = []
         """(diffusion id or batch key, stored file URI) of each image saved, for asset events and lineage."""
         self._manifest: str | None = None
-        if is_batch_result(image_urls):
-            return
         # What is final at parse time is checked now: a typo fails the DAG file, not a run.
-        batches = storage.url_batches(image_urls) if known_deep(image_urls) else None
-        if known_now(destination_conn_id) and _static_destination(destination):
-            storage.destination_path(destination, destination_conn_id)
-        if diffusion_id is not None and known_deep(diffusion_id):
-            ids = [diffusion_id] if isinstance(diffusion_id, str) else diffusion_id
-            storage.diffusion_ids(diffusion_id, len(batches) if batches is not None else len(list(ids)))
+        with task_named(self.task_id):
+            self.max_image_bytes = check_count("max_image_bytes", max_image_bytes)
+            self.download_attempts = check_count("download_attempts", download_attempts)
+            self.request_timeout = _rules.check_positive("request_timeout", request_timeout)
+            self.max_concurrency = check_count("max_concurrency", max_concurrency)
+            if is_batch_result(image_urls):
+                return
+            batches = storage.url_batches(image_urls) if known_deep(image_urls) else None
+            if known_now(destination_conn_id) and _static_destination(destination):
+                storage.destination_path(destination, destination_conn_id)
+            if diffusion_id is not None and known_deep(diffusion_id):
+                ids = [diffusion_id] if isinstance(diffusion_id, str) else diffusion_id
+                storage.diffusion_ids(diffusion_id, len(batches) if batches is not None else len(list(ids)))
 
     def execute(self, context: Context) -> list[str] | dict[str, Any]:
         destination = storage.destination_path(

@@ -19,7 +19,7 @@ from airflow_provider_getimage import _rules, assets
 from airflow_provider_getimage.exceptions import GetImageNotFoundError
 from airflow_provider_getimage.hooks.getimage import GetImageHook
 from airflow_provider_getimage.inputs import known_now, task_named
-from airflow_provider_getimage.links.getimage import GetImageImagesLink
+from airflow_provider_getimage.links.getimage import GetImageImagesLink, logs_gallery_url
 from airflow_provider_getimage.operators.batch import GetImageBatchOperator
 from airflow_provider_getimage.operators.download import GetImageDownloadOperator
 from airflow_provider_getimage.polling import (
@@ -54,7 +54,9 @@ class GetImageDiffusionOperator(ResumableJobMixin, BaseOperator):
     lost; returns the image URLs (the id with ``wait_for_completion=False``) and the final record
     in XCom ``diffusion``. Deferrable: the wait and its deadline live in the trigger. Durable on
     Airflow 3.3+: a retry reconnects to the diffusion it submitted instead of paying twice.
-    README "Operator, sensor, trigger" has the modes, the XCom contract and the retry rules.
+
+    .. seealso::
+        The modes, the XCom contract and the retry rules: :ref:`howto/operator:GetImageDiffusionOperator`.
 
     :param prompt: the text to draw (templated).
     :param model: the model (templated); ``None`` uses the connection's ``default_model`` extra.
@@ -77,6 +79,8 @@ class GetImageDiffusionOperator(ResumableJobMixin, BaseOperator):
     operator_extra_links = (GetImageImagesLink(),)
     returns_image_urls = True
     """Its return value is a diffusion's image URLs and it pushes ``diffusion_id`` (read by downloads)."""
+    diffusion_pushed = False
+    """Whether this try pushed its diffusion to XCom (the extra link reads XCom only then)."""
     ui_color = "#d7c6f5"
 
     def __init__(
@@ -112,7 +116,7 @@ class GetImageDiffusionOperator(ResumableJobMixin, BaseOperator):
 
     def _check_inputs(self, at_parse_time: bool = False) -> tuple[str, str | None, dict[str, Any]]:
         """Check prompt, model, parameters and conn id; at parse time only the values already final."""
-        with task_named(self.task_id):
+        with task_named(self.task_id, at_parse_time=at_parse_time):
             return self._checked_inputs(at_parse_time)
 
     def _checked_inputs(self, at_parse_time: bool) -> tuple[str, str | None, dict[str, Any]]:
@@ -140,7 +144,8 @@ class GetImageDiffusionOperator(ResumableJobMixin, BaseOperator):
         with failure_recorded(context):  # the gallery page shows why the task failed
             self._check_inputs()  # fail before any submission, whatever path follows
             try:
-                return self.execute_resumable(context)
+                with logs_gallery_url(self, context):
+                    return self.execute_resumable(context)
             finally:
                 self.hook.close()
 
@@ -175,6 +180,7 @@ class GetImageDiffusionOperator(ResumableJobMixin, BaseOperator):
         """
         diffusion_id = str(external_id)
         context["ti"].xcom_push(key="diffusion_id", value=diffusion_id)
+        self.diffusion_pushed = True
         # The latest record known so far; the final one replaces it when the diffusion finishes.
         latest = _rules.bounded_record(self._submission or {"id": diffusion_id})
         context["ti"].xcom_push(key="diffusion", value=latest)
@@ -196,6 +202,7 @@ class GetImageDiffusionOperator(ResumableJobMixin, BaseOperator):
         if self._result is None:
             diffusion_id = str(external_id)
             context["ti"].xcom_push(key="diffusion_id", value=diffusion_id)
+            self.diffusion_pushed = True
             self._result = self._finished(context, diffusion_id, self.hook.get_diffusion(diffusion_id))
         return self._result
 
@@ -221,7 +228,8 @@ class GetImageDiffusionOperator(ResumableJobMixin, BaseOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[str]:
         """Resume after the trigger: the image URLs, or a task failure that names the diffusion."""
-        with failure_recorded(context):
+        self.diffusion_pushed = True  # before deferring, the try pushed ``diffusion_id``
+        with failure_recorded(context), logs_gallery_url(self, context):
             record = result_from_event(event)
             # The trigger's own id (checked when it was built), not whatever the record claims.
             diffusion_id = str((event or {}).get("diffusion_id") or record.get("id"))

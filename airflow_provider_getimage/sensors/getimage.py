@@ -19,7 +19,7 @@ from airflow_provider_getimage import _rules, assets
 from airflow_provider_getimage.exceptions import GetImageTimeoutError
 from airflow_provider_getimage.hooks.getimage import GetImageHook
 from airflow_provider_getimage.inputs import known_now, task_named
-from airflow_provider_getimage.links.getimage import GetImageImagesLink
+from airflow_provider_getimage.links.getimage import GetImageImagesLink, logs_gallery_url
 from airflow_provider_getimage.polling import (
     DiffusionWatch,
     failure_recorded,
@@ -45,6 +45,9 @@ class GetImageDiffusionSensor(BaseSensorOperator):
     record goes to XCom ``diffusion``. Works in ``poke``, ``reschedule`` and deferrable mode (the
     wait then happens in the triggerer, deadline included).
 
+    .. seealso::
+        :ref:`howto/sensor:GetImageDiffusionSensor`
+
     :param diffusion_id: the diffusion to wait for (templated), e.g.
         ``"{{ ti.xcom_pull(task_ids='submit', key='diffusion_id') }}"``.
     :param getimage_conn_id: the GetImage.io connection (templated).
@@ -58,6 +61,8 @@ class GetImageDiffusionSensor(BaseSensorOperator):
     operator_extra_links = (GetImageImagesLink(),)
     returns_image_urls = True
     """Its return value is a diffusion's image URLs and it pushes ``diffusion_id`` (read by downloads)."""
+    diffusion_pushed = False
+    """Whether this try pushed its diffusion to XCom (the extra link reads XCom only then)."""
     ui_color = "#e8dcfa"
 
     def __init__(
@@ -111,12 +116,13 @@ class GetImageDiffusionSensor(BaseSensorOperator):
             raise poll.error
         if poll.outcome == "running":
             return PokeReturnValue(is_done=False)
+        self.diffusion_pushed = True
         return PokeReturnValue(
             is_done=True, xcom_value=self._finished(context, watch.diffusion_id, poll.record)
         )
 
     def execute(self, context: Context) -> Any:
-        with failure_recorded(context):  # the gallery page shows why the task failed
+        with failure_recorded(context), logs_gallery_url(self, context):  # the gallery shows why it failed
             return self._execute(context)
 
     def _execute(self, context: Context) -> Any:
@@ -129,6 +135,7 @@ class GetImageDiffusionSensor(BaseSensorOperator):
             # The latest record, so the extra link has something to read while the task is deferred.
             latest = self.watch().record or {"id": self._diffusion_id()}
             context["ti"].xcom_push(key="diffusion", value=_rules.bounded_record(latest))
+            self.diffusion_pushed = True
         finally:
             self.hook.close()
         timeout = self.timeout.total_seconds() if isinstance(self.timeout, timedelta) else float(self.timeout)
@@ -145,15 +152,17 @@ class GetImageDiffusionSensor(BaseSensorOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[str]:
         """Resume after the trigger: the image URLs, or a failure (a skip with ``soft_fail``)."""
-        try:
+        self.diffusion_pushed = True  # before deferring, the try pushed ``diffusion``
+        with logs_gallery_url(self, context):
+            try:
+                with failure_recorded(context):
+                    record = result_from_event(event)
+            except GetImageTimeoutError as err:
+                if self.soft_fail:
+                    raise AirflowSkipException(str(err)) from err
+                raise AirflowSensorTimeout(str(err)) from err
             with failure_recorded(context):
-                record = result_from_event(event)
-        except GetImageTimeoutError as err:
-            if self.soft_fail:
-                raise AirflowSkipException(str(err)) from err
-            raise AirflowSensorTimeout(str(err)) from err
-        with failure_recorded(context):
-            return self._finished(context, self._diffusion_id(), record)
+                return self._finished(context, self._diffusion_id(), record)
 
     def _finished(self, context: Context, diffusion_id: str, record: dict[str, Any]) -> list[str]:
         """Push the finished diffusion's XComs and announce it to the ``Asset`` outlets."""

@@ -1,9 +1,9 @@
 """
 Every fault of the emulator on every path that talks to the API: submit, worker poll, trigger poll.
 
-Each scenario states its expected outcome and how many diffusions the emulator created; the
-README's reliability table is generated from this list (``python -m tests.reliability.test_fault_matrix``)
-and a test keeps the two in step.
+Each scenario states its expected outcome and how many diffusions the emulator created; the fault
+table of docs/reliability.md is generated from this list
+(``python -m tests.reliability.test_fault_matrix``) and a test keeps the two in step.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from airflow_provider_getimage.emulator import Emulator
 
 Path_ = Literal["submit", "worker poll", "trigger poll"]
-README = Path(__file__).resolve().parents[2] / "README.md"
+RELIABILITY_PAGE = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
 COMMAND = "make test  # or: .venv/bin/pytest tests/reliability/test_fault_matrix.py"
 
 
@@ -266,7 +266,7 @@ def test_fault(
 
 
 def markdown_table() -> str:
-    """The README's reliability table for these scenarios."""
+    """The fault table of docs/reliability.md for these scenarios."""
     lines = ["| path | fault | outcome | diffusions created |", "|---|---|---|---|"]
     for s in SCENARIOS:
         outcome = "success" if s.outcome == "success" else f"fails: `{s.outcome}`"
@@ -274,9 +274,9 @@ def markdown_table() -> str:
     return "\n".join(lines)
 
 
-def test_readme_table_matches_the_scenarios() -> None:
-    assert markdown_table() in README.read_text(), (
-        "README's reliability table is stale: python -m tests.reliability.test_fault_matrix prints it"
+def test_docs_table_matches_the_scenarios() -> None:
+    assert markdown_table() in RELIABILITY_PAGE.read_text(), (
+        "docs/reliability.md's fault table is stale: python -m tests.reliability.test_fault_matrix prints it"
     )
 
 

@@ -5,7 +5,7 @@ Each scenario is one hostile answer on one path (the sync hook's wait, the trigg
 download, a submission, the connection), with the outcome it must come to. Every scenario also
 asserts the time (a ratio to the configured timeout) and that the API key, in any form, reaches no
 log line, error, event or record; the endless and huge bodies also run the sync hook in a child
-process with an address-space limit. The README's "hostile API" table is printed from this list
+process with an address-space limit. The "hostile API" table of docs/reliability.md is printed from this list
 (``python -m tests.reliability.test_hostile_api``) and a test keeps the two in step.
 """
 
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
 Path_ = Literal["sync hook", "trigger", "download", "submit", "connection", "input"]
-README = Path(__file__).resolve().parents[2] / "README.md"
+RELIABILITY_PAGE = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
 KEY = "sk-live-hostile/4f2a+9c1e"
 WAIT = 3.0
 """The wait's timeout (``wait_for_diffusion(timeout=...)``, the trigger's ``end_time``)."""
@@ -469,7 +469,7 @@ def test_memory_stays_bounded(scenario: Scenario, server: HostileServer) -> None
     assert outcomes == [f"OUTCOME={scenario.outcome}"], done.stdout[-2000:] + done.stderr[-2000:]
 
 
-# ------------------------------------------------------------------------------------- README
+# ------------------------------------------------------------------------------ docs table
 def outcome_text(scenario: Scenario) -> str:
     if scenario.outcome == "success":
         return "success"
@@ -479,15 +479,16 @@ def outcome_text(scenario: Scenario) -> str:
 
 
 def markdown_table() -> str:
-    """The README's "hostile API" table for these scenarios."""
+    """The "hostile API" table of docs/reliability.md for these scenarios."""
     lines = ["| hostile answer | path | outcome |", "|---|---|---|"]
     lines += [f"| {s.answer} | {s.path} | {outcome_text(s)} |" for s in SCENARIOS]
     return "\n".join(lines)
 
 
-def test_readme_table_matches_the_scenarios() -> None:
-    assert markdown_table() in README.read_text(), (
-        "README's hostile API table is stale: python -m tests.reliability.test_hostile_api prints it"
+def test_docs_table_matches_the_scenarios() -> None:
+    assert markdown_table() in RELIABILITY_PAGE.read_text(), (
+        "docs/reliability.md's hostile API table is stale: "
+        "python -m tests.reliability.test_hostile_api prints it"
     )
 
 
