@@ -437,15 +437,22 @@ def parse_verify(value: object) -> bool | str:
     return text
 
 
+def _extra_number(value: object) -> float:
+    """A connection extra as a number; NaN for what is none (a boolean, a word), so callers refuse it."""
+    if isinstance(value, bool):
+        return math.nan
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def parse_max_bytes(value: object) -> int:
     """The ``max_response_bytes`` extra: a positive whole number of bytes (default 1 MiB)."""
     if value is None or value == "":
         return DEFAULT_MAX_RESPONSE_BYTES
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        number = math.nan
-    if isinstance(value, bool) or not math.isfinite(number) or number < 1 or number != int(number):
+    number = _extra_number(value)
+    if not math.isfinite(number) or number < 1 or number != int(number):
         raise ValueError(
             f"Connection extra max_response_bytes={value!r} must be a positive whole number of bytes."
         )
@@ -456,11 +463,8 @@ def parse_max_rate(value: object) -> float | None:
     """The ``max_requests_per_second`` extra: a positive number, or None (empty) for no limit."""
     if value is None or value == "":
         return None
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        number = math.nan
-    if isinstance(value, bool) or not math.isfinite(number) or number <= 0:
+    number = _extra_number(value)
+    if not math.isfinite(number) or number <= 0:
         raise ValueError(
             f"Connection extra max_requests_per_second={value!r} must be a positive number of "
             "requests a second (or empty for no limit)."

@@ -158,3 +158,24 @@ def test_producer_asset_event_carries_the_stored_files(
     key = getimage_airflow_conn.api_key
     assert key not in json.dumps(extra)
     assert key not in capfd.readouterr().out
+
+
+@DAG_TEST_ASSETS
+@pytest.mark.usefixtures("airflow_db")
+def test_batch_asset_event_carries_its_counts_and_manifest(
+    getimage_airflow_conn: Emulator, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    uri = "file:///tmp/getimage/batch-asset"
+    before = len(asset_events(uri))
+    dag = dag_runs.parse(dag_runs.TEST_DAGS / "getimage_batch_dags.py")["getimage_batch_asset"]
+    dag_run = dag_runs.run(dag, results=str(tmp_path / "results"))
+    assert set(dag_runs.states(dag_run).values()) == {"success"}
+    summary = dag_runs.xcom(dag_run, "generate")
+    events = asset_events(uri)
+    assert len(events) == before + 1
+    extra = events[-1]
+    assert extra["manifest"] == summary["manifest"]
+    assert extra["counts"]["finished"] == 5
+    assert extra["diffusion_id_count"] == 5
+    assert getimage_airflow_conn.api_key not in json.dumps(extra)
+    assert getimage_airflow_conn.api_key not in capfd.readouterr().out

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import AirflowFailException, BaseOperator, conf
 
-from airflow_provider_getimage import _rules, batch, storage
+from airflow_provider_getimage import _rules, assets, batch, storage
 from airflow_provider_getimage.batch_window import BatchPacing, WindowOutcome, WindowWait
 from airflow_provider_getimage.exceptions import (
     GetImageAuthError,
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from airflow.providers.common.compat.sdk import Context
+    from airflow.providers.openlineage.extractors import OperatorLineage
 
 __all__ = ["GetImageBatchOperator"]
 
@@ -134,6 +135,8 @@ class GetImageBatchOperator(BaseOperator):
             if known_now(results) and known_now(results_conn_id):
                 storage.destination_path(results, results_conn_id)
         self._typical: float | None = None
+        self._finished_ids: list[str] = []
+        self._manifest: str | None = None
 
     # ------------------------------------------------------------------------------ entry points
     def execute(self, context: Context) -> dict[str, Any]:
@@ -237,7 +240,7 @@ class GetImageBatchOperator(BaseOperator):
                     )
                 outcome = self._wait_in_worker(hook, ids, submitted_at, fire_after, typical)
                 self._typical = outcome.typical
-        return self._finish(state)
+        return self._finish(context, state)
 
     def _submit_round(
         self,
@@ -391,7 +394,7 @@ class GetImageBatchOperator(BaseOperator):
             )
             return None
 
-    def _finish(self, state: batch.BatchState) -> dict[str, Any]:
+    def _finish(self, context: Context, state: batch.BatchState) -> dict[str, Any]:
         """Write the manifest; fail (after it) when more than ``max_failures`` items have no images."""
         manifest = state.write_manifest()
         summary = state.summary()
@@ -410,7 +413,22 @@ class GetImageBatchOperator(BaseOperator):
                 f"{summary['timeout']}), more than max_failures={self.max_failures}. Manifest: "
                 f"{manifest}. First reasons: " + "; ".join(reasons)
             )
+        self._finished_ids = [
+            item.diffusion_id for item in state.states if item.status == "finished" and item.diffusion_id
+        ]
+        self._manifest = str(manifest)
+        extra = assets.asset_extra(
+            diffusion_ids=self._finished_ids, model=self.model, counts=summary, manifest=self._manifest
+        )
+        assets.announce(context, self.outlets, extra)
         return summary
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        """OpenLineage: the manifest as output, the finished diffusions' ids as the external query."""
+        from airflow_provider_getimage.lineage import operator_lineage
+
+        inputs = [self.prompts] if isinstance(self.prompts, str) else None
+        return operator_lineage(diffusion_ids=self._finished_ids, inputs=inputs, manifest=self._manifest)
 
     def on_kill(self) -> None:
         self.log.warning(

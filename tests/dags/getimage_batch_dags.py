@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from airflow.providers.common.compat.sdk import DAG
+from airflow.providers.common.compat.sdk import DAG, Asset
 
 from airflow_provider_getimage.operators.getimage import GetImageBatchOperator, GetImageDownloadOperator
 
@@ -40,3 +40,17 @@ for deferrable in (False, True):
         GetImageDownloadOperator(
             task_id="download", image_urls=generate.output, destination="{{ params.images }}"
         )
+
+# A small batch that announces to an asset (its event's extra: counts, manifest, finished ids).
+with DAG("getimage_batch_asset", schedule=None, start_date=START, params={"results": "/tmp/unset"}):
+    GetImageBatchOperator(
+        task_id="generate",
+        prompts=[f"asset item {n}" for n in range(5)],
+        results="{{ params.results }}",
+        max_submissions_per_second=200,
+        max_polls_per_second=200,
+        poll_interval=0.1,
+        timeout=60,
+        deferrable=False,
+        outlets=[Asset("file:///tmp/getimage/batch-asset")],
+    )
