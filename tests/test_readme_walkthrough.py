@@ -53,10 +53,16 @@ README = REPO / "README.md"
 SECTION = "## Five minutes to images in the Airflow UI"
 EXAMPLE_DAG_IDS = {
     "example_getimage",
+    "example_getimage_assets_consumer",
+    "example_getimage_assets_producer",
+    "example_getimage_batch",
+    "example_getimage_decorator",
     "example_getimage_deferrable",
     "example_getimage_mapped",
+    "example_getimage_review",
     "example_getimage_sensor",
 }
+"""Every DAG of the package's example_dags, which the block copies (a test below checks the list)."""
 #: Names in the locked site-packages that are the provider itself (the editable install).
 PROVIDER_ENTRIES = ("airflow_provider_getimage", "_editable_impl_airflow_provider_getimage", "__editable__")
 
@@ -305,3 +311,11 @@ def test_the_walkthrough_gets_to_images(walkthrough: Walkthrough) -> None:
     not_found = [line for line in walkthrough.text().splitlines() if "XCom not found" in line]
     assert len(not_found) <= 1, not_found
     assert all("offset=3 " in line for line in not_found), not_found
+
+
+def test_the_expected_dags_are_every_example_dag() -> None:
+    """The walk-through copies every example DAG file: the set above must follow example_dags/."""
+    pattern = re.compile(r'(?:DAG\(|dag_id=|DAG_ID = )\s*"(example_getimage[a-z_]*)"')
+    files = (Path(__file__).parent.parent / "example_dags").glob("example_getimage*.py")
+    found = {dag_id for path in files for dag_id in pattern.findall(path.read_text())}
+    assert found == EXAMPLE_DAG_IDS
