@@ -130,19 +130,23 @@ class GetImageDownloadOperator(BaseOperator):
         batches = storage.url_batches(self.image_urls)
         plan = self._plan(context, batches)
         self.log.info("Saving %d image(s) to %s", len(plan), destination)
-        with storage.ImageStore(
-            destination,
-            self.log,
-            max_image_bytes=self.max_image_bytes,
-            request_timeout=self.request_timeout,
-            attempts=self.download_attempts,
-        ) as store:
+        with self._image_store(destination) as store:
             self._saved = [(stem, store.save(url, stem, index)) for url, stem, index in plan]
         files = [uri for _, uri in self._saved]
         assets.announce(
             context, self.outlets, assets.asset_extra(diffusion_ids=self._diffusion_ids(), files=files)
         )
         return files
+
+    def _image_store(self, destination: ObjectStoragePath) -> storage.ImageStore:
+        """A store for ``destination`` with this task's bounds (one per download thread of a batch)."""
+        return storage.ImageStore(
+            destination,
+            self.log,
+            max_image_bytes=self.max_image_bytes,
+            request_timeout=self.request_timeout,
+            attempts=self.download_attempts,
+        )
 
     def _diffusion_ids(self) -> list[str]:
         """The diffusions of the saved images, each once, in order."""
@@ -176,13 +180,7 @@ class GetImageDownloadOperator(BaseOperator):
         def save(entry: tuple[str, str, int]) -> str:
             store = getattr(local, "store", None)
             if store is None:
-                store = local.store = storage.ImageStore(
-                    destination,
-                    self.log,
-                    max_image_bytes=self.max_image_bytes,
-                    request_timeout=self.request_timeout,
-                    attempts=self.download_attempts,
-                )
+                store = local.store = self._image_store(destination)
                 with lock:
                     stores.append(store)
             return store.save(*entry)
