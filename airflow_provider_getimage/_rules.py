@@ -43,6 +43,7 @@ __all__ = [
     "failure_reason",
     "headers",
     "image_urls",
+    "is_batch_result",
     "next_poll_delay",
     "parse_max_bytes",
     "parse_retry_after",
@@ -835,6 +836,12 @@ def error_kind(method: str, attempt: Attempt) -> ErrorKind:
     if method.upper() == "POST" and (lost_answer or broken_answer):
         return "ambiguous_submit"
     return "request"
+
+
+# ---------------------------------------------------------------------------------------- batches
+def is_batch_result(value: object) -> bool:
+    """Whether ``value`` is a batch operator's return value (``{"manifest": <URI>, ...}``, SPEC 9)."""
+    return isinstance(value, Mapping) and isinstance(value.get("manifest"), str)
 
 
 # ---------------------------------------------------------------------------------------- pacing

@@ -26,7 +26,6 @@ __all__ = [
     "check_on_reject",
     "escape_text",
     "flatten_urls",
-    "is_batch_result",
     "manifest_images",
     "option_label",
     "review_body",
@@ -236,11 +235,6 @@ def verdict(chosen_options: Sequence[str], urls: Sequence[str]) -> Verdict:
 
 
 # ------------------------------------------------------------------------------------- batches
-def is_batch_result(value: object) -> bool:
-    """Whether ``value`` is a batch operator's return value (``{"manifest": <URI>, ...}``, SPEC 9)."""
-    return isinstance(value, Mapping) and isinstance(value.get("manifest"), str)
-
-
 def manifest_images(rows: Sequence[object]) -> list[ReviewImage]:
     """The images of a batch manifest's rows (``image_urls`` and ``prompt`` of each), in row order."""
     images: list[ReviewImage] = []

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from airflow_provider_getimage import review_form
+from airflow_provider_getimage import _rules, review_form
 from airflow_provider_getimage.review_form import REJECT_ALL, ReviewImage, Verdict
 
 URLS = [f"http://127.0.0.1:8000/images/d1/{index}.png" for index in range(4)]
@@ -212,4 +212,4 @@ class TestVerdict:
         ],
     )
     def test_batch_result(self, value: object, expected: bool) -> None:
-        assert review_form.is_batch_result(value) is expected
+        assert _rules.is_batch_result(value) is expected

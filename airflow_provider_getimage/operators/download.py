@@ -27,11 +27,6 @@ def _static_destination(value: object) -> bool:
     return known_now(value)
 
 
-def is_batch_result(value: object) -> bool:
-    """Whether a value is a ``GetImageBatchOperator`` result (its summary, naming the manifest)."""
-    return isinstance(value, dict) and isinstance(value.get("manifest"), str)
-
-
 def _makes_image_urls(task: Any) -> bool:
     """
     Whether a task (mapped or not) returns a diffusion's image URLs and pushes ``diffusion_id``.
@@ -111,7 +106,7 @@ class GetImageDownloadOperator(BaseOperator):
             self.download_attempts = check_count("download_attempts", download_attempts)
             self.request_timeout = _rules.check_positive("request_timeout", request_timeout)
             self.max_concurrency = check_count("max_concurrency", max_concurrency)
-            if is_batch_result(image_urls):
+            if _rules.is_batch_result(image_urls):
                 return
             batches = storage.url_batches(image_urls) if known_deep(image_urls) else None
             if known_now(destination_conn_id) and _static_destination(destination):
@@ -125,7 +120,7 @@ class GetImageDownloadOperator(BaseOperator):
             storage.rendered_destination(self.destination, lambda text: self.render_template(text, context)),
             self.destination_conn_id,
         )
-        if is_batch_result(self.image_urls):
+        if _rules.is_batch_result(self.image_urls):
             return self._save_batch(context, destination)
         batches = storage.url_batches(self.image_urls)
         plan = self._plan(context, batches)

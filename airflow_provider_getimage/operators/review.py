@@ -34,7 +34,7 @@ from airflow.providers.common.compat.sdk import AirflowSkipException, ObjectStor
 from airflow.providers.standard.exceptions import HITLRejectException  # noqa: E402 (after the version gate)
 from airflow.providers.standard.operators.hitl import HITLOperator  # noqa: E402 (after the version gate)
 
-from airflow_provider_getimage import review_form  # noqa: E402 (after the version gate)
+from airflow_provider_getimage import _rules, review_form  # noqa: E402 (after the version gate)
 from airflow_provider_getimage.review_form import REJECT_ALL, ReviewImage  # noqa: E402 (after the version gate)
 
 try:  # Airflow 3.3+: HITL tasks wait in the awaiting_input state, with no trigger
@@ -153,7 +153,7 @@ class GetImageReviewOperator(HITLOperator):
         self.image_urls = image_urls
         self.prompt = prompt
         self.manifest_conn_id = manifest_conn_id
-        if known_now(image_urls) and not review_form.is_batch_result(image_urls):
+        if known_now(image_urls) and not _rules.is_batch_result(image_urls):
             with task_named(self.task_id):
                 review_form.check_images([ReviewImage(url) for url in review_form.flatten_urls(image_urls)])
 
@@ -191,7 +191,7 @@ class GetImageReviewOperator(HITLOperator):
             raise
 
     def _images(self) -> list[ReviewImage]:
-        if review_form.is_batch_result(self.image_urls):
+        if _rules.is_batch_result(self.image_urls):
             return read_batch_images(self.image_urls, conn_id=self.manifest_conn_id)
         return [ReviewImage(url) for url in review_form.flatten_urls(self.image_urls)]
 
