@@ -25,6 +25,11 @@ ERROR_TEXT_LIMIT = 200
 LEARNED_SAMPLES = 200
 """Generation times remembered to estimate the typical one (the most recent ones)."""
 
+UNKNOWN_BACKOFF = 0.5
+"""Before any generation time is known, an entry seen running is polled again after this share of
+its age (at least ``poll_interval``): a few polls per entry find the first finish, not one every
+interval."""
+
 
 @dataclass
 class PollPlan:
@@ -34,7 +39,9 @@ class PollPlan:
     A diffusion is not polled before it has run for the typical generation time (learned from the
     ones that finished, the median of their durations), then once every ``poll_interval``; among
     those due, the one that has run longest goes first. Before anything finished, ``typical`` is
-    the hint given (from earlier windows) or one ``poll_interval``.
+    the hint given (from earlier windows); without one, the longest any entry was seen running
+    (nothing is expected sooner: the window's items are alike), at least one ``poll_interval``,
+    and an entry seen running waits ``UNKNOWN_BACKOFF`` of its age before its next poll.
 
     :param submitted_at: epoch seconds each window entry was submitted.
     :param poll_interval: seconds between two polls of one diffusion.
@@ -47,6 +54,8 @@ class PollPlan:
     durations: list[float] = field(default_factory=list)
     last_polled: dict[int, float] = field(default_factory=dict)
     open: set[int] = field(init=False)
+    running_for: float = 0.0
+    """The longest an entry was seen running (seconds): a lower bound of the generation time."""
 
     def __post_init__(self) -> None:
         self.open = set(range(len(self.submitted_at)))
@@ -56,13 +65,23 @@ class PollPlan:
         """The generation time expected of a diffusion (seconds)."""
         if self.durations:
             return statistics.median(self.durations)
-        return self.typical if self.typical is not None else self.poll_interval
+        return self.typical if self.typical is not None else max(self.poll_interval, self.running_for)
+
+    @property
+    def known(self) -> bool:
+        """Whether a generation time is known (learned here or handed over)."""
+        return bool(self.durations) or self.typical is not None
 
     def due(self, position: int) -> float:
         """When an entry should be polled next (epoch seconds)."""
-        first = self.submitted_at[position] + self.expected
+        submitted = self.submitted_at[position]
+        first = submitted + self.expected
         last = self.last_polled.get(position)
-        return first if last is None else max(first, last + self.poll_interval)
+        if last is None:
+            return first
+        if self.known:
+            return max(first, last + self.poll_interval)
+        return max(first, last + max(self.poll_interval, (last - submitted) * UNKNOWN_BACKOFF))
 
     def next(self) -> tuple[int, float] | None:
         """The entry to poll next and when it is due; None once every entry is closed."""
@@ -74,6 +93,7 @@ class PollPlan:
     def polled(self, position: int, now: float) -> None:
         """An entry was polled and is still running."""
         self.last_polled[position] = now
+        self.running_for = max(self.running_for, now - self.submitted_at[position])
 
     def finished(self, position: int, now: float, took: float | None = None) -> None:
         """
@@ -87,6 +107,12 @@ class PollPlan:
         observed = max(0.0, now - self.submitted_at[position])
         self.durations.append(min(took, observed) if took is not None and took >= 0 else observed)
         del self.durations[:-LEARNED_SAMPLES]
+
+    def add(self, submitted_at: float) -> int:
+        """A new entry (submitted since the plan began); its position."""
+        self.submitted_at.append(submitted_at)
+        self.open.add(len(self.submitted_at) - 1)
+        return len(self.submitted_at) - 1
 
     def close(self, position: int) -> None:
         """An entry needs no more polls (failed, expired, or an error)."""
@@ -205,6 +231,8 @@ class WindowWait:
     :param fire_after: how many ended entries end the wait (the worker then submits more).
     :param typical: a generation time learned by earlier windows, or None.
     :param keep_records: keep the finished records (the worker's own wait) or only their ids.
+    :param pacing: the budget to poll within (the worker's own, shared with its re-reads), or a
+        new one of ``max_polls_per_second``.
     """
 
     def __init__(
@@ -217,12 +245,13 @@ class WindowWait:
         fire_after: int,
         typical: float | None = None,
         keep_records: bool = False,
+        pacing: BatchPacing | None = None,
     ) -> None:
-        self.ids = diffusion_ids
+        self.ids = list(diffusion_ids)
         self.plan = PollPlan(list(submitted_at), poll_interval, typical)
-        self.pacing = BatchPacing(1.0, max_polls_per_second)
+        self.pacing = pacing or BatchPacing(1.0, max_polls_per_second)
         self.timeout = timeout
-        self.fire_after = max(1, min(fire_after, len(diffusion_ids)))
+        self.fire_after = fire_after
         self.keep_records = keep_records
         self.outcome = WindowOutcome()
         self.ended = 0
@@ -237,7 +266,8 @@ class WindowWait:
                 self.plan.close(position)
                 self.outcome.expired.append(self.ids[position])
                 self.ended += 1
-        if self.outcome.fatal is not None or self.ended >= self.fire_after or not self.plan.open:
+        enough = self.ended >= max(1, min(self.fire_after, len(self.ids)))
+        if self.outcome.fatal is not None or enough or not self.plan.open:
             self.outcome.typical = self.plan.learned()
             return ("done", None)
         upcoming = self.plan.next()
@@ -252,6 +282,11 @@ class WindowWait:
         self.pacing.before_poll(monotonic)
         self.polls += 1
         return ("poll", position)
+
+    def add(self, diffusion_id: str, submitted_at: float) -> None:
+        """A diffusion submitted since the wait began joins it (the worker's wait between submissions)."""
+        self.ids.append(diffusion_id)
+        self.plan.add(submitted_at)
 
     def on_record(self, position: int, record: dict[str, Any], now: float | None = None) -> None:
         """A polled record (already checked by the hook)."""
@@ -275,7 +310,9 @@ class WindowWait:
         """A poll that failed after the hook's retries."""
         now = time.time() if now is None else now
         if isinstance(error, GetImageRateLimitError):
+            # The whole window pauses; this entry was not read, so it stays first in line.
             self.pacing.rate_limited(time.monotonic(), error.retry_after)
+            return
         if isinstance(error, GetImageAuthError):
             self.outcome.fatal = _rules.clip(str(error), ERROR_TEXT_LIMIT * 2)
         elif error.transient:

@@ -8,6 +8,7 @@ Thin over ``batch`` (inputs, durable state, manifest), ``batch_window`` (poll or
 from __future__ import annotations
 
 import math
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -208,18 +209,22 @@ class GetImageBatchOperator(BaseOperator):
         pacing = self._pacing()
         with GetImageHook(getimage_conn_id=self.getimage_conn_id) as hook:
             while not state.all_final():
-                self._submit_round(state, hook, pacing, outcome)
+                watched = self._submit_round(state, hook, pacing, outcome)
                 if outcome is not None:
                     self._record_outcome(state, hook, pacing, outcome)
                     outcome = None
-                    continue
+                if watched is not None:
+                    self._record_outcome(state, hook, pacing, watched)
+                    self._typical = watched.typical
+                if state.with_status("pending") and len(state.with_status("submitted")) < self.max_in_flight:
+                    continue  # room again (or submissions held back by a 429): submit more first
                 window = state.with_status("submitted")
                 if not window:
-                    continue  # submissions were held back (a 429): the next round waits for the budget
+                    continue
                 pending = len(state.with_status("pending"))
-                fire_after = (
-                    len(window) if not pending else max(1, math.ceil(self.max_in_flight * REFILL_SHARE))
-                )
+                # With nothing left to submit it still fires early: the worker's re-reads of the
+                # ended then overlap the rest's generations instead of all coming at the end.
+                fire_after = max(1, math.ceil(self.max_in_flight * REFILL_SHARE))
                 ids = [str(state.states[i].diffusion_id) for i in window]
                 submitted_at = [float(state.states[i].submitted_at or time.time()) for i in window]
                 typical = self._typical if self._typical is not None else state.typical_generation()
@@ -248,25 +253,32 @@ class GetImageBatchOperator(BaseOperator):
         hook: GetImageHook,
         pacing: BatchPacing,
         outcome: WindowOutcome | None = None,
-    ) -> None:
+    ) -> WindowOutcome | None:
         """
         Submit pending items until the window is full, each paced, with an intent written first.
 
-        While a submission waits for its budget, the results of ``outcome``'s ended items are read
-        (the poll budget is the worker's while no trigger runs): refilling the window comes first.
+        While a submission waits for its budget, the poll budget (the worker's while no trigger
+        runs) reads the results of ``outcome``'s ended items first, then polls the window's due
+        diffusions, which then need no trigger and no re-read. Returns what those polls found
+        (not yet recorded), or None when nothing was submitted.
         """
         ended = set(outcome.finished) | set(outcome.failed) | set(outcome.expired) if outcome else set()
         to_read = (
             [i for i in (*outcome.finished, *outcome.expired) if i not in outcome.records] if outcome else []
         )
         outages = 0
+        watch: WindowWait | None = None
         while True:
             pending = state.with_status("pending")
             in_window = [
                 i for i in state.with_status("submitted") if state.states[i].diffusion_id not in ended
             ]
+            if watch is not None:
+                in_window = in_window[: max(0, len(in_window) - watch.ended)]
             if not pending or len(in_window) >= self.max_in_flight:
-                return
+                return None if watch is None else watch.outcome
+            if watch is None:
+                watch = self._watch(state, ended, pacing)
             index = pending[0]
             item = state.items[index]
             until = time.monotonic() + pacing.before_submit(time.monotonic())
@@ -279,6 +291,7 @@ class GetImageBatchOperator(BaseOperator):
                 record = self._reread(hook, pacing, diffusion_id)
                 if record is not None:
                     outcome.records[diffusion_id] = record
+            self._poll_until(hook, watch, until)
             if (delay := until - time.monotonic()) > 0:
                 time.sleep(delay)
             state.record([{"i": index, "e": "intent"}])
@@ -306,6 +319,33 @@ class GetImageBatchOperator(BaseOperator):
             else:
                 outages = 0
                 state.record([{"i": index, "e": "submitted", "id": record["id"]}])
+                watch.add(str(record["id"]), float(state.states[index].submitted_at or time.time()))
+
+    def _watch(self, state: batch.BatchState, ended: set[str], pacing: BatchPacing) -> WindowWait:
+        """The wait on the window in flight, polled in the gaps between submissions (never done early)."""
+        window = [i for i in state.with_status("submitted") if state.states[i].diffusion_id not in ended]
+        return WindowWait(
+            [str(state.states[i].diffusion_id) for i in window],
+            [float(state.states[i].submitted_at or time.time()) for i in window],
+            self.poll_interval,
+            self.max_polls_per_second,
+            self.timeout,
+            fire_after=sys.maxsize,
+            typical=self._typical if self._typical is not None else state.typical_generation(),
+            keep_records=True,
+            pacing=pacing,
+        )
+
+    def _poll_until(self, hook: GetImageHook, watch: WindowWait, until: float) -> None:
+        """Poll the window's due diffusions until ``until`` (monotonic), within the poll budget."""
+        while (left := until - time.monotonic()) > 0:
+            action, value = watch.step()
+            if action == "sleep" and float(value) < left:  # type: ignore[arg-type]
+                time.sleep(float(value))  # type: ignore[arg-type]
+                continue
+            if action != "poll":
+                return
+            self._poll_one(hook, watch, int(value))  # type: ignore[arg-type]
 
     def _wait_in_worker(
         self,
@@ -333,15 +373,19 @@ class GetImageBatchOperator(BaseOperator):
             if action == "sleep":
                 time.sleep(float(value))  # type: ignore[arg-type]
                 continue
-            position = int(value)  # type: ignore[arg-type]
-            try:
-                record = hook.get_diffusion(ids[position], deadline=submitted_at[position] + self.timeout)
-            except GetImageError as err:
-                wait.on_error(position, err)
-            else:
-                wait.on_record(position, record)
-            if wait.outcome.fatal is not None:
-                raise GetImageAuthError(f"Batch {self.task_id}: {wait.outcome.fatal}")
+            self._poll_one(hook, wait, int(value))  # type: ignore[arg-type]
+
+    def _poll_one(self, hook: GetImageHook, wait: WindowWait, position: int) -> None:
+        """One poll of a window's entry in the worker, reported to its wait; a refused key raises."""
+        deadline = wait.plan.submitted_at[position] + self.timeout
+        try:
+            record = hook.get_diffusion(wait.ids[position], deadline=deadline)
+        except GetImageError as err:
+            wait.on_error(position, err)
+        else:
+            wait.on_record(position, record)
+        if wait.outcome.fatal is not None:
+            raise GetImageAuthError(f"Batch {self.task_id}: {wait.outcome.fatal}")
 
     def _record_outcome(
         self, state: batch.BatchState, hook: GetImageHook, pacing: BatchPacing, outcome: WindowOutcome

@@ -1,8 +1,9 @@
 """
 ``GetImageBatchTrigger``: wait in the triggerer for one window of a batch's diffusions.
 
-Its kwargs are ids, numbers and the conn id (bounded: at most ``MAX_WINDOW`` ids); its one event
-holds ids and short failure reasons, never image URLs (the worker re-reads the finished ones).
+Its kwargs are ids, numbers and the conn id (bounded: at most ``MAX_WINDOW`` ids, packed: about
+30 bytes an id); its one event holds ids and short failure reasons, never image URLs (the worker
+re-reads the finished ones).
 It polls through the loop's shared session (``GetImageAsyncHook``), most-likely-done first
 (``batch_window.WindowWait``), within its ``max_polls_per_second`` budget.
 """
@@ -10,12 +11,15 @@ It polls through the loop's shared session (``GetImageAsyncHook``), most-likely-
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
+import zlib
 from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_getimage import _rules
+from airflow_provider_getimage._rules import RetryPolicy
 from airflow_provider_getimage.batch_window import WindowWait
 from airflow_provider_getimage.exceptions import GetImageError
 from airflow_provider_getimage.triggers.getimage import async_hook_class
@@ -23,10 +27,59 @@ from airflow_provider_getimage.triggers.getimage import async_hook_class
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-__all__ = ["MAX_WINDOW", "GetImageBatchTrigger"]
+__all__ = ["MAX_WINDOW", "GetImageBatchTrigger", "pack_ids", "pack_times", "unpack_ids", "unpack_times"]
 
-MAX_WINDOW = 1000
-"""The most diffusions one trigger waits for (its row and its event stay a few tens of kB)."""
+MAX_WINDOW = 10_000
+"""The most diffusions one trigger waits for (its row stays about 300 kB, its event about 400 kB)."""
+
+ID_SEPARATOR = "\n"
+"""Joins the packed ids: whitespace, which no diffusion id holds (``_rules.id_problem``)."""
+
+WINDOW_RETRY_POLICY = RetryPolicy(max_attempts=1)
+"""The window's polls are not retried by the hook: a 429 or an outage goes to ``WindowWait``,
+which pauses the whole window (a 429, within its budget) or polls the item again later, and one
+slow item does not hold up the others while the hook backs off."""
+
+
+def _pack(text: str) -> str:
+    return base64.b64encode(zlib.compress(text.encode("ascii"), 9)).decode("ascii")
+
+
+def _unpack(packed: str, what: str) -> str:
+    try:
+        return zlib.decompress(base64.b64decode(packed, validate=True)).decode("ascii")
+    except (ValueError, zlib.error) as err:
+        raise ValueError(f"{what} is no packed window ({err}): {_rules.clip(repr(packed), 80)}.") from None
+
+
+def pack_ids(diffusion_ids: list[str]) -> str:
+    """The ids joined by a character no id holds, compressed, base64 (kwargs stay small)."""
+    return _pack(ID_SEPARATOR.join(diffusion_ids))
+
+
+def unpack_ids(packed: str) -> list[str]:
+    return _unpack(packed, "diffusion_ids").split(ID_SEPARATOR)
+
+
+def pack_times(submitted_at: list[float]) -> dict[str, Any]:
+    """Epoch seconds as the first one and whole-millisecond steps from one to the next, packed."""
+    first = submitted_at[0]
+    offsets = [round((t - first) * 1000) for t in submitted_at]
+    steps = [b - a for a, b in zip([0, *offsets], offsets, strict=False)]
+    return {"from": first, "ms": _pack(",".join(map(str, steps)))}
+
+
+def unpack_times(packed: dict[str, Any]) -> list[float]:
+    try:
+        first = float(packed["from"])
+        steps = [int(step) for step in _unpack(str(packed["ms"]), "submitted_at").split(",")]
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"submitted_at is no packed window: {err}.") from None
+    offset, times = 0, []
+    for step in steps:
+        offset += step
+        times.append(first + offset / 1000)
+    return times
 
 
 class GetImageBatchTrigger(BaseTrigger):
@@ -36,8 +89,10 @@ class GetImageBatchTrigger(BaseTrigger):
     Fires (one event) when ``fire_after`` of them finished, failed or passed their deadline, when
     all did, or on a refused key. Transient errors are polled through; a 429 pauses the window.
 
-    :param diffusion_ids: the window's diffusions (at most ``MAX_WINDOW``).
-    :param submitted_at: epoch seconds each was submitted (same length).
+    :param diffusion_ids: the window's diffusions (at most ``MAX_WINDOW``), a list or packed
+        (``pack_ids``, as ``serialize`` writes them; a list is what earlier versions wrote).
+    :param submitted_at: epoch seconds each was submitted (same length), a list or packed
+        (``pack_times``, to the millisecond).
     :param getimage_conn_id: the GetImage.io connection.
     :param poll_interval: seconds between two polls of one diffusion.
     :param max_polls_per_second: the window's poll budget.
@@ -48,8 +103,8 @@ class GetImageBatchTrigger(BaseTrigger):
 
     def __init__(
         self,
-        diffusion_ids: list[str],
-        submitted_at: list[float],
+        diffusion_ids: list[str] | str,
+        submitted_at: list[float] | dict[str, Any],
         getimage_conn_id: str = _rules.DEFAULT_CONN_ID,
         poll_interval: float = _rules.DEFAULT_POLL_INTERVAL,
         max_polls_per_second: float = 10.0,
@@ -58,6 +113,10 @@ class GetImageBatchTrigger(BaseTrigger):
         typical: float | None = None,
     ) -> None:
         super().__init__()
+        if isinstance(diffusion_ids, str):
+            diffusion_ids = unpack_ids(diffusion_ids)
+        if isinstance(submitted_at, dict):
+            submitted_at = unpack_times(submitted_at)
         if not diffusion_ids or len(diffusion_ids) > MAX_WINDOW:
             raise ValueError(f"a batch window holds 1 to {MAX_WINDOW} diffusions, got {len(diffusion_ids)}.")
         if len(submitted_at) != len(diffusion_ids):
@@ -75,8 +134,8 @@ class GetImageBatchTrigger(BaseTrigger):
         return (
             f"{type(self).__module__}.{type(self).__qualname__}",
             {
-                "diffusion_ids": self.diffusion_ids,
-                "submitted_at": self.submitted_at,
+                "diffusion_ids": pack_ids(self.diffusion_ids),
+                "submitted_at": pack_times(self.submitted_at),
                 "getimage_conn_id": self.getimage_conn_id,
                 "poll_interval": self.poll_interval,
                 "max_polls_per_second": self.max_polls_per_second,
@@ -102,7 +161,8 @@ class GetImageBatchTrigger(BaseTrigger):
             self.typical,
         )
         hook_class = await async_hook_class()
-        async with hook_class(getimage_conn_id=self.getimage_conn_id) as hook:
+        conn_id = self.getimage_conn_id
+        async with hook_class(getimage_conn_id=conn_id, retry_policy=WINDOW_RETRY_POLICY) as hook:
             while True:
                 action, value = wait.step()
                 if action == "done":

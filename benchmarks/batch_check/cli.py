@@ -21,7 +21,7 @@ from harness import DatabaseUnavailable, DeploymentError
 from harness.database import POSTGRES_SERVER
 
 #: The most diffusions one batch trigger waits for (``triggers.batch.MAX_WINDOW``, kept in step by a test).
-MAX_WINDOW = 1000
+MAX_WINDOW = 10_000
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -44,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--latency",
         type=float,
         default=120.0,
-        help="emulator seconds per generation, both paths (the batch's first window of 1000 takes "
-        "100 s to submit at 10/s)",
+        help="emulator seconds per generation, both paths (the batch needs about "
+        "latency x max-submissions-per-second in flight to keep submitting)",
     )
     parser.add_argument("--poll-interval", type=float, default=5.0, help="poll_interval of both operators, s")
     parser.add_argument(
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="the batch's window of unfinished diffusions (default: --batch-n, at most the "
-        "trigger's MAX_WINDOW of 1000)",
+        "trigger's MAX_WINDOW of 10,000)",
     )
     parser.add_argument("--max-polls-per-second", type=float, default=20.0, help="the batch's poll budget")
     parser.add_argument(

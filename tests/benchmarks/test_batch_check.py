@@ -49,7 +49,7 @@ def test_defaults_are_the_make_bench_batch_run():
     assert (args.batch_n, args.mapped_n, args.paths) == (2000, 200, ["batch", "mapped"])
     assert (args.latency, args.poll_interval, args.parallelism) == (120.0, 5.0, 4)
     assert (args.max_submissions_per_second, args.max_polls_per_second, args.rate_limit) == (10.0, 20.0, 40.0)
-    assert args.max_in_flight == 1000  # the largest window a batch trigger takes
+    assert args.max_in_flight == 2000  # all of them: the trigger takes up to 10,000
     assert (args.tls, args.warm_up, args.check, args.json_path) == (True, True, False, None)
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
+import uuid
 from typing import TYPE_CHECKING
 
 import pytest
 
-from airflow_provider_getimage.triggers.batch import MAX_WINDOW, GetImageBatchTrigger
+from airflow_provider_getimage.triggers.batch import MAX_WINDOW, GetImageBatchTrigger, pack_ids, unpack_times
 from tests.triggers.test_getimage import submit
 
 if TYPE_CHECKING:
@@ -24,13 +26,13 @@ async def events_of(trigger: GetImageBatchTrigger) -> list[TriggerEvent]:
     return [event async for event in trigger.run()]
 
 
-def test_serialization_is_ids_and_numbers_and_bounded(getimage_airflow_conn: Emulator) -> None:
-    trigger = GetImageBatchTrigger(["d-1", "d-2"], [1.0, 2.0], "my_conn", 3, 7, 60, 1, 12.5)
+def test_serialization_is_ids_and_numbers_packed(getimage_airflow_conn: Emulator) -> None:
+    trigger = GetImageBatchTrigger(["d-1", "d-2"], [1.0, 2.0004], "my_conn", 3, 7, 60, 1, 12.5)
     classpath, kwargs = trigger.serialize()
     assert classpath == "airflow_provider_getimage.triggers.batch.GetImageBatchTrigger"
     assert kwargs == {
-        "diffusion_ids": ["d-1", "d-2"],
-        "submitted_at": [1.0, 2.0],
+        "diffusion_ids": pack_ids(["d-1", "d-2"]),
+        "submitted_at": {"from": 1.0, "ms": kwargs["submitted_at"]["ms"]},
         "getimage_conn_id": "my_conn",
         "poll_interval": 3.0,
         "max_polls_per_second": 7.0,
@@ -38,14 +40,34 @@ def test_serialization_is_ids_and_numbers_and_bounded(getimage_airflow_conn: Emu
         "fire_after": 1,
         "typical": 12.5,
     }
-    assert GetImageBatchTrigger(**kwargs).serialize() == (classpath, kwargs)
+    again = GetImageBatchTrigger(**json.loads(json.dumps(kwargs)))
+    assert (again.diffusion_ids, again.submitted_at) == (["d-1", "d-2"], [1.0, 2.0]), "to the ms"
+    assert again.serialize() == (classpath, kwargs)
     assert getimage_airflow_conn.api_key not in json.dumps(kwargs)
-    biggest = GetImageBatchTrigger(
-        [f"{n:036d}" for n in range(MAX_WINDOW)], [time.time()] * MAX_WINDOW
-    ).serialize()[1]
-    assert len(json.dumps(biggest)) < MAX_WINDOW * 64, "a trigger row stays tens of kB"
-    with pytest.raises(ValueError, match="1 to 1000"):
+
+
+def test_a_row_written_by_the_list_form_still_loads() -> None:
+    old = {"diffusion_ids": ["d-1", "d-2"], "submitted_at": [5.0, 3.5], "poll_interval": 3.0}
+    trigger = GetImageBatchTrigger(**old)  # type: ignore[arg-type]
+    assert (trigger.diffusion_ids, trigger.submitted_at) == (["d-1", "d-2"], [5.0, 3.5])
+    assert unpack_times(trigger.serialize()[1]["submitted_at"]) == [5.0, 3.5], "out of order too"
+
+
+def test_a_row_stays_small_at_the_largest_window() -> None:
+    rng = random.Random(12)
+    ids = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(MAX_WINDOW)]
+    start = time.time()
+    times = [start + n / 10 + rng.random() / 20 for n in range(MAX_WINDOW)]  # 10 submissions a second
+    row = len(json.dumps(GetImageBatchTrigger(ids, times).serialize()[1]))
+    assert row / MAX_WINDOW < 32, f"{row / MAX_WINDOW:.1f} bytes per UUID-shaped id"
+    assert row < 320_000, f"the biggest row is {row} bytes"
+    small = len(json.dumps(GetImageBatchTrigger(ids[:1000], times[:1000]).serialize()[1]))
+    old = len(json.dumps({"diffusion_ids": ids[:1000], "submitted_at": times[:1000]}))
+    assert small < old * 0.55, f"packed {small} bytes against {old} as lists"
+    with pytest.raises(ValueError, match="1 to 10000"):
         GetImageBatchTrigger([f"d-{n}" for n in range(MAX_WINDOW + 1)], [0.0] * (MAX_WINDOW + 1))
+    with pytest.raises(ValueError, match="no packed window"):
+        GetImageBatchTrigger("not base64!", [0.0])
 
 
 def test_also_importable_from_the_trigger_module() -> None:
