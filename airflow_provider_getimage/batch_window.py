@@ -25,11 +25,6 @@ ERROR_TEXT_LIMIT = 200
 LEARNED_SAMPLES = 200
 """Generation times remembered to estimate the typical one (the most recent ones)."""
 
-UNKNOWN_BACKOFF = 0.5
-"""Before any generation time is known, an entry seen running is polled again after this share of
-its age (at least ``poll_interval``): a few polls per entry find the first finish, not one every
-interval."""
-
 
 @dataclass
 class PollPlan:
@@ -40,8 +35,9 @@ class PollPlan:
     ones that finished, the median of their durations), then once every ``poll_interval``; among
     those due, the one that has run longest goes first. Before anything finished, ``typical`` is
     the hint given (from earlier windows); without one, the longest any entry was seen running
-    (nothing is expected sooner: the window's items are alike), at least one ``poll_interval``,
-    and an entry seen running waits ``UNKNOWN_BACKOFF`` of its age before its next poll.
+    (nothing is expected sooner: the window's items are alike), at least one ``poll_interval``.
+    (A backoff on top, polling an entry again after half its age, was tried: it saw the first
+    finish later and cost more polls in all.)
 
     :param submitted_at: epoch seconds each window entry was submitted.
     :param poll_interval: seconds between two polls of one diffusion.
@@ -67,21 +63,11 @@ class PollPlan:
             return statistics.median(self.durations)
         return self.typical if self.typical is not None else max(self.poll_interval, self.running_for)
 
-    @property
-    def known(self) -> bool:
-        """Whether a generation time is known (learned here or handed over)."""
-        return bool(self.durations) or self.typical is not None
-
     def due(self, position: int) -> float:
         """When an entry should be polled next (epoch seconds)."""
-        submitted = self.submitted_at[position]
-        first = submitted + self.expected
+        first = self.submitted_at[position] + self.expected
         last = self.last_polled.get(position)
-        if last is None:
-            return first
-        if self.known:
-            return max(first, last + self.poll_interval)
-        return max(first, last + max(self.poll_interval, (last - submitted) * UNKNOWN_BACKOFF))
+        return first if last is None else max(first, last + self.poll_interval)
 
     def next(self) -> tuple[int, float] | None:
         """The entry to poll next and when it is due; None once every entry is closed."""

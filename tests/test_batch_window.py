@@ -124,3 +124,58 @@ def test_the_service_s_own_times_keep_the_estimate_from_ratcheting_up() -> None:
     observed = PollPlan([0.0], poll_interval=1.0, typical=10.0)
     observed.finished(0, now=12.0)
     assert observed.expected == 12.0
+
+
+def simulate(plan_typical: float | None, n: int = 600, rate: float = 10.0, latency: int = 59) -> int:
+    """Polls a worker-side wait makes for n items submitted at ``rate``/s, each done after ``latency``."""
+    submitted = [k / rate for k in range(n)]
+    wait = WindowWait(["x"], [0.0], 5.0, 20.0, 3600.0, fire_after=10**9, typical=plan_typical)
+    wait.ids, wait.plan = [], PollPlan([], 5.0, plan_typical)
+    now, added = 0.0, 0
+    while True:
+        while added < n and submitted[added] <= now:
+            wait.add(f"d-{added}", submitted[added])
+            added += 1
+        action, value = wait.step(now=now, monotonic=now)
+        if action == "done" and added == n:
+            return wait.polls
+        if action == "poll":
+            position = int(value)  # type: ignore[arg-type]
+            done = now >= wait.plan.submitted_at[position] + latency
+            times = {"createdAt": "2026-01-01T00:00:00Z", "finishedAt": f"2026-01-01T00:{latency:02.0f}:00Z"}
+            wait.on_record(
+                position, {"status": "FINISHED", **times} if done else {"status": "RUNNING"}, now=now
+            )
+            now += 0.001
+        else:
+            step = float(value) if action == "sleep" else 0.1  # type: ignore[arg-type]
+            now += min(step, 0.1) if added < n else step
+
+
+def test_an_unknown_generation_time_is_not_polled_for_at_full_budget() -> None:
+    # 600 items at 10/s, 59 s each, poll_interval 5 s, 20 polls/s: due one interval after its
+    # submission, each entry was polled 2.8 times (the budget full until the first finish); not
+    # expected before the longest seen running, 1.9 (the first interval's entries, polled each one).
+    polls = simulate(None)
+    assert polls / 600 < 2.2, f"{polls / 600:.2f} polls per generation"
+    assert simulate(59.0) / 600 < 1.2, "with the time known, about one poll an item"
+
+
+def test_a_429_pauses_the_window_and_keeps_the_entry_first() -> None:
+    wait = WindowWait(["a", "b"], [0.0, 1.0], 1.0, 100.0, 100.0, fire_after=2, typical=0.0)
+    assert wait.step(now=5.0, monotonic=0.0) == ("poll", 0)
+    wait.on_error(0, GetImageRateLimitError("slow down", status_code=429, retry_after=2.0, transient=True))
+    assert wait.step(now=5.0)[0] == "sleep", "the budget is paused"
+    assert wait.plan.next() == (0, 0.0), "not counted as a read: polled first once the pause ends"
+    assert wait.polls == 1, "the refused poll counted against the budget"
+
+
+def test_entries_join_a_wait_and_it_waits_for_them() -> None:
+    wait = WindowWait(["a"], [0.0], 1.0, 100.0, 100.0, fire_after=10**9, typical=1.0)
+    wait.add("b", 0.5)
+    wait.on_record(0, {"status": "FINISHED"}, now=1.0)
+    assert wait.step(now=1.0, monotonic=0.0) == ("sleep", 0.5), "due at 0.5 + the learned 1 s"
+    assert wait.step(now=1.5, monotonic=0.5) == ("poll", 1)
+    wait.on_record(1, {"status": "FINISHED"}, now=1.6)
+    assert wait.step(now=1.6, monotonic=1.0) == ("done", None)
+    assert wait.outcome.finished == ["a", "b"]

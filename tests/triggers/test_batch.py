@@ -113,3 +113,21 @@ def test_deadline_expires(getimage_airflow_conn: Emulator) -> None:
     payload = asyncio.run(events_of(trigger))[0].payload
     assert payload["expired"] == ids
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.getimage_emulator(latency=0.2, rate_limit=6, retry_after=0.3)
+def test_a_429_pauses_the_window_not_retried_by_the_hook(getimage_airflow_conn: Emulator) -> None:
+    from airflow_provider_getimage.triggers.batch import WINDOW_RETRY_POLICY
+
+    assert WINDOW_RETRY_POLICY.max_attempts == 1, "the window, not the hook, decides when to poll again"
+    ids = []
+    for n in range(5):
+        ids.append(submit(getimage_airflow_conn, f"item {n}"))
+        time.sleep(0.25)  # under the emulator's limit: the submissions are not what is tested
+    before = getimage_airflow_conn.stats()
+    now = time.time()
+    trigger = GetImageBatchTrigger(ids, [now] * 5, poll_interval=0.05, max_polls_per_second=50, fire_after=5)
+    payload = asyncio.run(events_of(trigger))[0].payload
+    assert sorted(payload["finished"]) == sorted(ids), "every item read in the end"
+    stats = getimage_airflow_conn.stats()
+    assert stats["rate_limited"] > before["rate_limited"], "the emulator pushed back"
