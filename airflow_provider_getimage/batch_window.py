@@ -63,9 +63,9 @@ class PollPlan:
             return statistics.median(self.durations)
         return self.typical if self.typical is not None else max(self.poll_interval, self.running_for)
 
-    def due(self, position: int) -> float:
-        """When an entry should be polled next (epoch seconds)."""
-        first = self.submitted_at[position] + self.expected
+    def due(self, position: int, expected: float | None = None) -> float:
+        """When an entry should be polled next (epoch seconds); ``expected`` if already computed."""
+        first = self.submitted_at[position] + (self.expected if expected is None else expected)
         last = self.last_polled.get(position)
         return first if last is None else max(first, last + self.poll_interval)
 
@@ -73,8 +73,9 @@ class PollPlan:
         """The entry to poll next and when it is due; None once every entry is closed."""
         if not self.open:
             return None
-        position = min(self.open, key=lambda p: (self.due(p), self.submitted_at[p], p))
-        return position, self.due(position)
+        expected = self.expected  # a median: once per call, not once per open entry
+        position = min(self.open, key=lambda p: (self.due(p, expected), self.submitted_at[p], p))
+        return position, self.due(position, expected)
 
     def polled(self, position: int, now: float) -> None:
         """An entry was polled and is still running."""
