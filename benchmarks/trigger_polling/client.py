@@ -71,9 +71,15 @@ class FullCollections:
         self.seconds = 0.0
         self.on = False
         self._began: float | None = None
+        #: Collections of each generation in the window (young ones show how fast objects age).
+        self.by_generation = [0, 0, 0]
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
-        if not self.on or info.get("generation") != 2:
+        if not self.on:
+            return
+        if phase == "stop":
+            self.by_generation[info.get("generation", 0)] += 1
+        if info.get("generation") != 2:
             return
         if phase == "start":
             self._began = time.perf_counter()
@@ -157,6 +163,7 @@ def client_main(mode: str, profile: str, interval: float, log_file: Path | None)
         "hook_preloaded": hook_preloaded,
         "gc_full_collections": collections.count,
         "gc_full_s": collections.seconds,
+        "gc_collections": collections.by_generation,
         "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
     }
     print(RESULT + json.dumps(report), flush=True)

@@ -285,6 +285,7 @@ def measure(
         "cpu_s": report["cpu_s"],
         "gc_full_collections": report.get("gc_full_collections"),
         "gc_full_s": report.get("gc_full_s"),
+        "gc_collections": report.get("gc_collections"),
         "cpu_ms_per_1000_polls": 1e6 * report["cpu_s"] / polls if polls else math.nan,
         "cpu_ms_per_poller": 1e3 * report["cpu_s"] / n,
         "client_cpu_pct": 100 * report["cpu_s"] / wall if wall else math.nan,
