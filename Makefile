@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install browser demo test lint typecheck unit bench bench-deployment bench-scale bench-batch clean lock test-matrix dist docs
+.PHONY: install browser demo test lint typecheck unit bench bench-deployment bench-scale bench-batch bench-celery clean lock test-matrix dist docs
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed, found " + sys.version.split()[0])'
@@ -101,6 +101,13 @@ bench-scale: $(STAMP)
 bench-batch: $(STAMP)
 	$(BIN)/python -m benchmarks.batch_check --batch-n 2000 --mapped-n 200 --check --json bench-batch.json
 
+# Celery deployment (issue 15): 500 mapped deferrable generations and a batch of 2,000 together on
+# CeleryExecutor (2 workers, 2 triggerers; Redis, PostgreSQL), one worker and one triggerer
+# SIGKILLed at 60 s; exits 1 on a wrong submission count or a failed task. Not CI.
+bench-celery: $(STAMP)
+	$(BIN)/python -m benchmarks.celery_check --mapped-n 500 --batch-n 2000 --kill-at 60 --check \
+	  --json bench-celery.json
+
 # Re-resolve the dependencies and rewrite constraints.txt (then commit it).
 lock:
 	rm -rf .lock-venv
@@ -112,7 +119,7 @@ lock:
 	rm -rf .lock-venv
 
 clean:
-	rm -rf $(VENV) .venv-airflow-* .demo demo-output bench-results.json bench-deployment.json bench-scale.json bench-batch.json .mypy_cache .ruff_cache .pytest_cache build dist docs/_build
+	rm -rf $(VENV) .venv-airflow-* .demo demo-output bench-results.json bench-deployment.json bench-scale.json bench-batch.json bench-celery.json .mypy_cache .ruff_cache .pytest_cache build dist docs/_build
 
 # The documentation site (docs/, Sphinx; pinned in constraints.txt through the `docs` extra), built
 # into docs/_build/html with every warning an error. CI runs it after `make test`.
