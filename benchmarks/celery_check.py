@@ -305,7 +305,16 @@ def render(result: dict[str, Any]) -> str:
         f"{machine.get('load_after', 0):.1f} after, on {machine['cpu_count']} CPUs.",
         "",
     ]
-    header = ["wall s", "Airflow CPU s", "CPU ms / generation", "submissions", "asked", "polls", "429s"]
+    header = [
+        "wall s",
+        "Airflow CPU s",
+        "CPU ms / generation",
+        "submissions",
+        "asked",
+        "polls",
+        "429s",
+        "retried",
+    ]
     row = [
         f"{observed['wall_s']:.0f}",
         f"{observed['cpu_s']:.1f}",
@@ -314,6 +323,7 @@ def render(result: dict[str, Any]) -> str:
         str(generations),
         str(observed["polls"]),
         str(observed["rate_limited"]),
+        f"{observed['mapped'].get('retried', 0)} mapped, {observed['batch'].get('retried', 0)} batch",
     ]
     lines += markdown_table(header, [row], "r" * len(header))
     by_component = sorted(observed["cpu_by_component"].items(), key=lambda item: -item[1])

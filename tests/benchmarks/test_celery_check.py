@@ -31,7 +31,7 @@ def observed(**changes: Any) -> dict[str, Any]:
         "cpu_s": 16.0,
         "cpu_by_component": {"scheduler": 10.0, "celery-worker-2": 6.0},
         "batch": {"finished": 5, "manifest_rows": 5, "ids_distinct": 5, "in_order": True, "ids_unknown": 0},
-        "mapped": {"finished": 3, "ids_distinct": 3, "ids_unknown": 0},
+        "mapped": {"finished": 3, "ids_distinct": 3, "ids_unknown": 0, "retried": 0},
     }
     return {**base, **changes}
 
@@ -50,7 +50,7 @@ def test_a_clean_run_passes_and_renders() -> None:
     text = celery_check.render(
         {"params": params, "observed": obs, "targets": rows, "machine": {"cpu_count": 2}}
     )
-    assert "| 90 | 16.0 | 2000.0 | 8 | 8 | 40 | 0 |" in text
+    assert "| 90 | 16.0 | 2000.0 | 8 | 8 | 40 | 0 | 0 mapped, 0 batch |" in text
     assert "celery-worker" in text
 
 
