@@ -90,7 +90,9 @@ bench-deployment: $(STAMP)
 
 # One triggerer, N = 3,000 deferred generations polled every 5 s against an emulator that takes
 # R = 200 requests/s (demand 3x R): per-trigger 429 handling vs the connection's shared limiter
-# (max_requests_per_second = R). About 5 minutes on 2 cores. Not CI.
+# (max_requests_per_second = R), whose CPU per poll is compared with a limiter-free run polling
+# every N / R = 15 s (the same R polls/s). About 5 minutes on 2 cores. Not CI. The Celery
+# deployment at scale is `make bench-celery` (below), a target of its own: it needs Redis.
 bench-scale: $(STAMP)
 	$(BIN)/python -m benchmarks.trigger_polling --phases scale --scale-n 3000 --scale-rate 200 \
 	  --scale-interval 5 --scale-latency 60 --scale-jitter 5 --json bench-scale.json
