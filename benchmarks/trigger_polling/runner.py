@@ -55,7 +55,8 @@ class RunSpec:
     def name(self) -> str:
         length = f"-{self.target_polls}polls" if self.target_polls is not None else ""
         limited = f"-limited{self.max_requests_per_second:g}" if self.max_requests_per_second else ""
-        return f"{self.profile}-{self.mode}{limited}-{self.n}{length}-{self.repeat}"
+        served = f"-service{self.emulator_rate_limit:g}" if self.emulator_rate_limit else ""
+        return f"{self.profile}-{self.mode}{limited}{served}-{self.n}{length}-{self.repeat}"
 
 
 def listen_overflows() -> int | None:

@@ -2,7 +2,8 @@
 Smoke test of ``make bench-scale`` (``benchmarks.trigger_polling --phases scale``) at a tiny size.
 
 It checks that the phase runs end to end (emulator process with a rate limit during the polls,
-one client per mode, the provider's triggers with and without the connection's shared limiter)
+one client per mode, the provider's triggers with and without the connection's shared limiter, and
+the limiter-free baseline polling every N / R s)
 and that its report has its shape. No performance verdict: the numbers are for the full run.
 """
 
@@ -53,5 +54,19 @@ def test_the_limit_is_met_only_by_the_shared_limiter(scale_run):
 def test_report_has_the_table_and_targets(scale_run):
     result, stdout = scale_run
     assert "### Scale: one triggerer, a rate-limited service" in stdout
-    assert {"per-trigger", "shared limiter", "no service limit"} == set(result["scale"]["summary"])
-    assert [row["verdict"] for row in result["scale"]["targets"]]
+    assert {"per-trigger", "shared limiter", "limiter-free at R"} == set(result["scale"]["summary"])
+    verdicts = {row["target"]: row["verdict"] for row in result["scale"]["targets"]}
+    cpu = [name for name in verdicts if name.startswith("CPU per poll")]
+    assert len(cpu) == 1
+    assert "at R polls/s" in cpu[0]
+    assert verdicts[cpu[0]] in {"PASS", "FAIL"}
+
+
+def test_the_cpu_baseline_asks_for_the_polls_the_limiter_lets_through(scale_run):
+    """The limiter-free run polls every N / R s: R polls/s asked, the same fixed cost per poll."""
+    result, _stdout = scale_run
+    (baseline,) = [run for run in result["scale"]["runs"] if run["emulator_rate_limit"] is None]
+    assert baseline["interval_s"] == N / RATE
+    assert baseline["max_requests_per_second"] is None
+    assert baseline["share_429"] == 0
+    assert baseline["requests_per_s"] <= RATE * 1.2

@@ -2,11 +2,13 @@
 A distributed deployment: CeleryExecutor (Redis broker, PostgreSQL metadata and result backend),
 two Celery workers, two triggerers, api-server, scheduler, dag-processor.
 
-One run maps deferred and blocking generations; while they render, the Celery worker running a
-blocking task is SIGKILLed (its tasks' retries reconnect through the task state store on the other
-worker) and a triggerer holding deferred tasks is SIGKILLed (the other takes its triggers). Every
-task succeeds, the emulator took exactly one submission per generation, and the key is in no file
-and no table (``celery_taskmeta`` included). Skips, saying why, where Redis, PostgreSQL or the
+One run maps deferred and blocking generations beside a batch of ``BATCH`` prompts; while they
+render, the Celery worker running a blocking task is SIGKILLed (its tasks' retries reconnect
+through the task state store on the other worker) and a triggerer holding deferred tasks is
+SIGKILLed (the other takes its triggers). Every task succeeds, the emulator took exactly one
+submission per generation (mapped and batch items), the batch's manifest is complete, and the key
+is in no file (the batch's results folder, in the home, included) and no table
+(``celery_taskmeta`` included). Skips, saying why, where Redis, PostgreSQL or the
 Celery provider is missing.
 """
 
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from benchmarks.batch_check.run import read_manifest
 from harness import COMPONENTS, AirflowDeployment, DatabaseUnavailable, keyed_emulator, postgres_database
 from harness.celery import celery_env, redis_problem
 from tests.e2e.test_reliability import (
@@ -41,12 +44,13 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.e2e
 
 DAGS = Path(__file__).with_name("celery_dags")
-DAG_ID, POOL, DEFERRED, BLOCKING = "e2e_celery_mix", "getimage_api", 6, 4
+DAG_ID, POOL, DEFERRED, BLOCKING, BATCH = "e2e_celery_mix", "getimage_api", 6, 4, 12
 STATE_KEY = "getimage_diffusion_id"
 WORKERS = ("celery-worker", "celery-worker-2")
 TRIGGERERS = ("triggerer", "triggerer-2")
-#: ``[triggerer] capacity``: 3 each, so the 6 deferred tasks must spread 3 / 3 over the two.
-TRIGGERER_CAPACITY = 3
+#: ``[triggerer] capacity``: 4 each, so the 6 deferred tasks and the batch's trigger (7) must
+#: spread 4 / 3 over the two.
+TRIGGERER_CAPACITY = 4
 #: Seconds per generation: the kills, the heartbeat timeout and the retries all happen inside it.
 LATENCY = 60.0
 
@@ -111,7 +115,8 @@ def test_celery_workers_and_triggerers_killed_every_generation_once(celery_postg
 
         airflow.run_cli("pools", "set", POOL, "8", "GetImage.io tasks across all workers")
         airflow.wait_until_parsed(DAG_ID, timeout=180)
-        run_id = airflow.trigger(DAG_ID)
+        results = airflow.home / "batch-results"
+        run_id = airflow.trigger(DAG_ID, {"results": results.as_uri()})
 
         def all_rendering() -> dict[int, str] | None:
             rows = task_rows(airflow, run_id)
@@ -121,16 +126,17 @@ def test_celery_workers_and_triggerers_killed_every_generation_once(celery_postg
             ready = (
                 states[("deferred", "deferred")] == DEFERRED
                 and states[("blocking", "running")] == BLOCKING
+                and states[("batch", "deferred")] == 1
                 and len(ids) == BLOCKING
                 and None not in owners
-                and sorted(owners.values()) == [TRIGGERER_CAPACITY, TRIGGERER_CAPACITY]
+                and sorted(owners.values()) == [TRIGGERER_CAPACITY - 1, TRIGGERER_CAPACITY]
                 and all(row["pid"] for row in rows if row["task_id"] == "blocking")
             )
             assert not [d for d in emulator.diffusions() if d["status"] == "FINISHED"], "latency too short"
             return ids if ready else None
 
         ids_before = airflow.wait_for(
-            all_rendering, 150, "6 deferred over two triggerers, 4 blocking running"
+            all_rendering, 150, "6 deferred and the batch over two triggerers, 4 blocking running"
         )
 
         # The Celery worker running blocking task 0: SIGKILLed with every process it started.
@@ -170,9 +176,16 @@ def test_celery_workers_and_triggerers_killed_every_generation_once(celery_postg
             assert final[("blocking", index)]["try_number"] == 2, final[("blocking", index)]
         diffusions = emulator.diffusions()
         prompts = Counter(d["prompt"] for d in diffusions)
-        assert len(prompts) == DEFERRED + BLOCKING
+        assert len(prompts) == DEFERRED + BLOCKING + BATCH
         assert set(prompts.values()) == {1}, prompts
-        assert emulator.stats()["submissions"] == DEFERRED + BLOCKING
+        assert emulator.stats()["submissions"] == DEFERRED + BLOCKING + BATCH
+        batch_prompts = [f"e2e celery batch {i}: a heron at dawn" for i in range(BATCH)]
+        manifest = read_manifest(results / "manifest.jsonl", batch_prompts, {d["id"] for d in diffusions})
+        complete = manifest["finished"] == manifest["manifest_rows"] == manifest["ids_distinct"] == BATCH
+        assert complete, manifest
+        assert manifest["in_order"], manifest
+        assert manifest["ids_unknown"] == 0, manifest
+        assert (airflow.xcom(DAG_ID, run_id, "batch") or {}).get("finished") == BATCH
         for index, diffusion_id in ids_before.items():
             assert airflow.xcom(DAG_ID, run_id, "blocking", "diffusion_id", index) == diffusion_id
         for index in range(DEFERRED):
