@@ -24,7 +24,7 @@ from airflow_provider_getimage.exceptions import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator, Mapping
+    from collections.abc import Callable, Iterator, Mapping
 
     from airflow.providers.common.compat.sdk import Context
 
@@ -89,14 +89,6 @@ class DiffusionWatch:
         """Fetch the record (``hook.get_diffusion``) and judge it, or judge the failed fetch."""
         try:
             record = fetch(self.diffusion_id)
-        except GetImageError as err:
-            return self.judge_error(err)
-        return self.judge(record)
-
-    async def check_async(self, fetch: Callable[[str], Awaitable[dict[str, Any]]]) -> Poll:
-        """The event-loop twin of :meth:`check` (``async_hook.get_diffusion``)."""
-        try:
-            record = await fetch(self.diffusion_id)
         except GetImageError as err:
             return self.judge_error(err)
         return self.judge(record)

@@ -91,19 +91,6 @@ def test_check_fetches_with_the_id_and_judges_what_comes_back() -> None:
     assert one.record == {"status": "PROCESSING"}, "a failed poll keeps the latest record"
 
 
-async def test_check_async_is_the_same_judge() -> None:
-    async def fetch(diffusion_id: str) -> dict[str, Any]:
-        return {"status": "FINISHED", "id": diffusion_id}
-
-    async def outage(diffusion_id: str) -> dict[str, Any]:
-        raise GetImageError("HTTP 502", status_code=502, transient=True)
-
-    one = watch()
-    assert (await one.check_async(outage)).outcome == "running"
-    poll = await one.check_async(fetch)
-    assert (poll.outcome, poll.record["id"]) == ("success", DIFFUSION_ID)
-
-
 def test_each_status_change_is_logged_once_and_an_unknown_status_warns_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -153,7 +153,9 @@ async def _new_session(settings: ApiSettings) -> aiohttp.ClientSession:
         # re-armed on every chunk, a cost per poll for nothing ``total`` does not already bound.
         timeout=aiohttp.ClientTimeout(
             total=settings.timeout,
-            connect=POOL_WAIT_TIMEOUT,
+            # Only when ``total`` would let a pool wait run longer: a connect timer that can never
+            # fire first is one more timer armed and cancelled per poll, left in the loop's heap.
+            connect=POOL_WAIT_TIMEOUT if settings.timeout > POOL_WAIT_TIMEOUT else None,
             sock_connect=_rules.CONNECT_TIMEOUT,
             sock_read=None,
         ),
