@@ -62,6 +62,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("benchmarks.celery_check")
 
 WORKERS = ("celery-worker", "celery-worker-2")
+#: Batch items a kill may leave ``uncertain``: the batch submits one at a time.
+UNCERTAIN_ALLOWED = 1
+
 #: What ``--kill-at`` SIGKILLs: one worker (its running tasks are lost: the scheduler's task
 #: heartbeat timeout fails them, their retry re-attaches) and one triggerer (the other takes its triggers).
 VICTIMS = ("celery-worker", "triggerer-2")
@@ -135,7 +138,11 @@ def deployment_env(args: argparse.Namespace, database_url: str) -> dict[str, str
         # Airflow's defaults where the e2e deployment shortens a loop (as deployment_check).
         "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "30",
         "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "5",
-        KWARGS_ENV: json.dumps(batch_kwargs(args)),
+        # A worker killed while the batch submits leaves the one submission in flight `uncertain`
+        # (taken or not, it is never sent again, issue 12): the batch may report that one, no more.
+        KWARGS_ENV: json.dumps(
+            {**batch_kwargs(args), "max_failures": UNCERTAIN_ALLOWED if args.kill_at else 0}
+        ),
     }
 
 
@@ -261,6 +268,8 @@ def targets(observed: dict[str, Any], args: argparse.Namespace) -> list[dict[str
     asked = sum(observed["asked"].values())
     batch, mapped = observed["batch"], observed["mapped"]
     bound = wall_bound(args.batch_n, args.max_submissions_per_second, args.latency)
+    uncertain = int((batch.get("statuses") or {}).get("uncertain", 0))
+    allowed = UNCERTAIN_ALLOWED if args.kill_at else 0
     rows = [
         (
             "both runs succeeded",
@@ -269,8 +278,8 @@ def targets(observed: dict[str, Any], args: argparse.Namespace) -> list[dict[str
         ),
         (
             "submissions == generations asked",
-            f"{observed['submissions']} / {asked}",
-            observed["submissions"] == asked,
+            f"{observed['submissions']} / {asked}, {uncertain} uncertain",
+            asked - uncertain <= observed["submissions"] <= asked,
         ),
         ("no prompt submitted twice", str(observed["prompts_twice"]), observed["prompts_twice"] == 0),
         (
@@ -280,8 +289,10 @@ def targets(observed: dict[str, Any], args: argparse.Namespace) -> list[dict[str
         ),
         (
             "batch manifest complete",
-            f"{batch['finished']} / {args.batch_n}",
-            batch["finished"] == batch["manifest_rows"] == batch.get("ids_distinct") == args.batch_n
+            f"{batch['finished']} / {args.batch_n}, {uncertain} uncertain (<= {allowed})",
+            uncertain <= allowed
+            and batch["finished"] + uncertain == batch["manifest_rows"] == args.batch_n
+            and batch.get("ids_distinct") == batch["finished"]
             and bool(batch.get("in_order"))
             and batch.get("ids_unknown") == 0,
         ),

@@ -83,11 +83,39 @@ def test_a_wrong_count_or_task_fails(change: dict[str, Any], target: str) -> Non
 
 def test_arguments_and_environment() -> None:
     args = celery_check.parse_args(["--batch-n", "3000"])
-    assert args.max_in_flight == 1000  # the trigger's MAX_WINDOW
+    assert args.max_in_flight == 3000  # min(N, the trigger's MAX_WINDOW)
     env = celery_check.deployment_env(args, "postgresql+psycopg2://postgres@127.0.0.1:5432/x")
     assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert env["AIRFLOW__CORE__DEFAULT_TASK_RETRIES"] == "1"
     assert json.loads(env[KWARGS_ENV])["max_submissions_per_second"] == args.max_submissions_per_second
+    assert json.loads(env[KWARGS_ENV])["max_failures"] == 0
+    killing = celery_check.parse_args(["--kill-at", "60"])
+    env = celery_check.deployment_env(killing, "postgresql+psycopg2://postgres@127.0.0.1:5432/x")
+    assert json.loads(env[KWARGS_ENV])["max_failures"] == celery_check.UNCERTAIN_ALLOWED
     for bad in (["--mapped-n", "0"], ["--kill-at", "-1"], ["--latency", "0"]):
         with pytest.raises(SystemExit):
             celery_check.parse_args(bad)
+
+
+@pytest.mark.parametrize(
+    ("kill_at", "uncertain", "submissions", "ok"),
+    [
+        ("40", 1, 7, "PASS"),  # the kill's one in-flight submission: not taken
+        ("40", 1, 8, "PASS"),  # ... or taken, once
+        ("40", 2, 6, "FAIL"),  # more than the one a kill can leave
+        ("0", 1, 7, "FAIL"),  # no kill, nothing may be uncertain
+    ],
+)
+def test_a_kill_may_leave_one_uncertain_item(kill_at: str, uncertain: int, submissions: int, ok: str) -> None:
+    batch = {
+        "finished": 5 - uncertain,
+        "statuses": {"finished": 5 - uncertain, "uncertain": uncertain},
+        "manifest_rows": 5,
+        "ids_distinct": 5 - uncertain,
+        "in_order": True,
+        "ids_unknown": 0,
+    }
+    args = celery_check.parse_args(["--mapped-n", "3", "--batch-n", "5", "--kill-at", kill_at])
+    obs = observed(batch=batch, submissions=submissions)
+    result = {row["target"]: row["verdict"] for row in celery_check.targets(obs, args)}
+    assert result["batch manifest complete"] == ok
