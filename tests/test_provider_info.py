@@ -115,6 +115,18 @@ def test_trigger_module_is_light_for_the_triggerer_loop() -> None:
     assert result.returncode == 0, result.stderr
 
 
+def test_the_batch_trigger_does_not_import_the_diffusion_trigger() -> None:
+    """No cycle between the triggers: both take the lazy hook import from ``hooks.lazy``."""
+    code = (
+        "import sys, airflow_provider_getimage.triggers.batch\n"
+        "sys.exit('airflow_provider_getimage.triggers.getimage' in sys.modules)\n"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+    from airflow_provider_getimage.triggers import batch, getimage
+
+    assert getimage.GetImageBatchTrigger is batch.GetImageBatchTrigger
+
+
 def test_sensor_and_trigger_load_no_operator_and_no_storage() -> None:
     """What both need lives below them (``polling``): the sensor imports no operator module."""
     code = (

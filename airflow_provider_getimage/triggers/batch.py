@@ -22,7 +22,7 @@ from airflow_provider_getimage import _rules
 from airflow_provider_getimage._rules import RetryPolicy
 from airflow_provider_getimage.batch_window import WindowWait
 from airflow_provider_getimage.exceptions import GetImageError
-from airflow_provider_getimage.triggers.getimage import async_hook_class
+from airflow_provider_getimage.hooks.lazy import async_hook_class
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

@@ -10,23 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sys
-import weakref
-from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict, cast
+from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_getimage import _rules
 from airflow_provider_getimage.exceptions import GetImageError
+from airflow_provider_getimage.hooks.lazy import async_hook_class
 from airflow_provider_getimage.polling import DiffusionWatch, Poll, result_from_event
+from airflow_provider_getimage.triggers.batch import GetImageBatchTrigger
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from airflow_provider_getimage.hooks.getimage import GetImageAsyncHook
-    from airflow_provider_getimage.triggers.batch import GetImageBatchTrigger as GetImageBatchTrigger
 
-__all__ = ["DiffusionEvent", "GetImageDiffusionTrigger", "result_from_event"]
+__all__ = ["DiffusionEvent", "GetImageBatchTrigger", "GetImageDiffusionTrigger", "result_from_event"]
 
 EventStatus = Literal["success", "failed", "timeout", "error"]
 
@@ -150,45 +148,3 @@ class GetImageDiffusionTrigger(BaseTrigger):
         if poll.outcome == "failed":
             return self._event("failed", _rules.failure_reason(poll.record), poll.record)
         return self._event("error", str(poll.error))
-
-
-_HOOKS_MODULE = "airflow_provider_getimage.hooks.getimage"
-_HOOK_IMPORTS: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, asyncio.Future[type[GetImageAsyncHook]]
-] = weakref.WeakKeyDictionary()
-
-
-async def async_hook_class() -> type[GetImageAsyncHook]:
-    """
-    ``GetImageAsyncHook``, its module (requests, aiohttp, the HTTP provider: about 0.15 s) imported
-    in a thread, once for every trigger of the loop.
-
-    The triggerer imports this module and starts ``run`` on its event loop; a heavy import there
-    would stall every other trigger. A thousand triggers started at once share one import: the
-    others wait for it without blocking the loop (a plain import of a module another thread is
-    still executing would block on Python's import lock).
-    """
-    loaded = getattr(sys.modules.get(_HOOKS_MODULE), "GetImageAsyncHook", None)
-    if loaded is not None:
-        return cast("type[GetImageAsyncHook]", loaded)
-    loop = asyncio.get_running_loop()
-    pending = _HOOK_IMPORTS.get(loop)
-    if pending is None:
-        pending = _HOOK_IMPORTS[loop] = asyncio.ensure_future(asyncio.to_thread(_import_hook_class))
-    # Shielded: one trigger cancelled while waiting must not cancel the import for the others.
-    return await asyncio.shield(pending)
-
-
-def _import_hook_class() -> type[GetImageAsyncHook]:
-    from airflow_provider_getimage.hooks.getimage import GetImageAsyncHook
-
-    return GetImageAsyncHook
-
-
-def __getattr__(name: str) -> Any:
-    """``GetImageBatchTrigger`` importable from here too (SPEC 9), loaded on first use."""
-    if name == "GetImageBatchTrigger":
-        from airflow_provider_getimage.triggers.batch import GetImageBatchTrigger
-
-        return GetImageBatchTrigger
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
