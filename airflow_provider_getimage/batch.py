@@ -27,13 +27,14 @@ from airflow.providers.common.compat.sdk import ObjectStoragePath
 from airflow_provider_getimage import _rules, storage
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, Sequence
+    from collections.abc import Iterable, Iterator, Mapping, Sequence
 
     from fsspec import AbstractFileSystem
 
 __all__ = [
     "MANIFEST_NAME",
     "MAX_BATCH_SIZE",
+    "MAX_MANIFEST_BYTES",
     "STATE_FOLDER",
     "BatchItem",
     "BatchState",
@@ -409,10 +410,33 @@ class BatchState:
         }
 
 
-def read_manifest(uri: str, conn_id: str | None = None) -> list[dict[str, Any]]:
-    """The rows of a batch's ``manifest.jsonl``."""
+MAX_MANIFEST_BYTES = 1024 * 1024 * 1024
+"""The largest ``manifest.jsonl`` read back (a full batch of ``MAX_BATCH_SIZE`` rows is far smaller)."""
+
+
+def read_manifest(
+    uri: str, conn_id: str | None = None, max_bytes: int = MAX_MANIFEST_BYTES
+) -> Iterator[dict[str, Any]]:
+    """
+    The rows of a batch's ``manifest.jsonl``, streamed (the download and review operators read it).
+
+    :param max_bytes: the file's bound; a larger one raises ``ValueError`` naming it, before its
+        rows past the bound are read.
+    """
     path = storage.destination_path(uri, conn_id)
-    return [json.loads(line) for line in read_text(path).splitlines() if line.strip()]
+    read = 0
+    with storage.filesystem(path).open(path.path, "rb") as manifest:
+        for line in manifest:
+            read += len(line)
+            if read > max_bytes:
+                raise ValueError(f"batch manifest {uri} is larger than {max_bytes} bytes.")
+            if line.strip():
+                row = json.loads(line)
+                if not isinstance(row, dict):
+                    raise ValueError(
+                        f"batch manifest {uri} holds a row that is not an object: {line[:100]!r}"
+                    )
+                yield row
 
 
 def read_text(path: ObjectStoragePath) -> str:

@@ -161,7 +161,7 @@ class TestState:
             "timeout": 0,
             "images": 2,
         }
-        assert batch.read_manifest(uri) == rows
+        assert list(batch.read_manifest(uri)) == rows
 
 
 def test_state_and_manifest_on_an_object_store() -> None:
@@ -180,3 +180,15 @@ def test_state_and_manifest_on_an_object_store() -> None:
     uri = again.write_manifest()
     assert [row["status"] for row in batch.read_manifest(uri)] == ["finished", "failed"]
     assert not [name for name in again.fs.find("/getimage-batch-test") if name.endswith(".part")]
+
+
+def test_the_manifest_reader_is_bounded_and_checks_rows(tmp_path: Path) -> None:
+    """One streaming reader serves the download and review operators: bounded, objects only."""
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text('{"index": 0}\n\n{"index": 1}\n')
+    assert [row["index"] for row in batch.read_manifest(str(manifest))] == [0, 1]
+    with pytest.raises(ValueError, match=r"larger than 20 bytes"):
+        list(batch.read_manifest(str(manifest), max_bytes=20))
+    manifest.write_text('{"index": 0}\n[1, 2]\n')
+    with pytest.raises(ValueError, match=r"not an object: b'\[1, 2"):
+        list(batch.read_manifest(str(manifest)))

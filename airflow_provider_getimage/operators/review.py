@@ -9,7 +9,6 @@ operator fails to parse with it. The form's rules (options, Markdown, answer) ar
 
 from __future__ import annotations
 
-import json
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
@@ -30,11 +29,11 @@ if AIRFLOW_VERSION < REQUIRED_AIRFLOW:
 
     raise AirflowOptionalProviderFeatureException(REQUIRED_MESSAGE)
 
-from airflow.providers.common.compat.sdk import AirflowSkipException, ObjectStoragePath, TaskDeferred  # noqa: E402 (after the version gate)
+from airflow.providers.common.compat.sdk import AirflowSkipException, TaskDeferred  # noqa: E402 (after the version gate)
 from airflow.providers.standard.exceptions import HITLRejectException  # noqa: E402 (after the version gate)
 from airflow.providers.standard.operators.hitl import HITLOperator  # noqa: E402 (after the version gate)
 
-from airflow_provider_getimage import _rules, review_form  # noqa: E402 (after the version gate)
+from airflow_provider_getimage import _rules, batch, review_form  # noqa: E402 (after the version gate)
 from airflow_provider_getimage.review_form import REJECT_ALL, ReviewImage  # noqa: E402 (after the version gate)
 
 try:  # Airflow 3.3+: HITL tasks wait in the awaiting_input state, with no trigger
@@ -66,23 +65,14 @@ def read_batch_images(result: dict[str, Any], conn_id: str | None = None) -> lis
     :param result: the batch operator's return value, ``{"manifest": <URI>, ...}``.
     :param conn_id: the Airflow connection of the manifest's storage (None: default credentials).
     """
-    path = ObjectStoragePath(result["manifest"], conn_id=conn_id)
     rows: list[object] = []
-    read = images = 0
-    with path.open("rb") as manifest:
-        for line in manifest:
-            read += len(line)
-            if read > MAX_MANIFEST_BYTES:
-                raise ValueError(
-                    f"batch manifest {result['manifest']} is larger than {MAX_MANIFEST_BYTES} bytes."
-                )
-            if line.strip():
-                row = json.loads(line)
-                rows.append(row)
-                urls = row.get("image_urls") if isinstance(row, dict) else None
-                images += len(urls) if isinstance(urls, list) else 0
-            if images > review_form.MAX_REVIEW_IMAGES:
-                break  # enough to fail the check of the count
+    images = 0
+    for row in batch.read_manifest(str(result["manifest"]), conn_id, MAX_MANIFEST_BYTES):
+        rows.append(row)
+        urls = row.get("image_urls")
+        images += len(urls) if isinstance(urls, list) else 0
+        if images > review_form.MAX_REVIEW_IMAGES:
+            break  # enough to fail the check of the count
     return review_form.manifest_images(rows)
 
 
