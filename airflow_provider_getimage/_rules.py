@@ -43,6 +43,7 @@ __all__ = [
     "failure_reason",
     "headers",
     "image_urls",
+    "is_web_url",
     "is_batch_result",
     "next_poll_delay",
     "parse_max_bytes",
@@ -174,7 +175,7 @@ def web_image_urls(diffusion: object) -> list[str]:
     characters as JSON (a ``javascript:`` or ``file:`` URL is no image), at most ``MAX_IMAGES`` of
     them, so they take at most ``IMAGE_URLS_LIMIT`` bytes wherever they are stored.
     """
-    urls = (url for url in image_urls(diffusion) if _json_length(url) <= MAX_URL_LENGTH and _is_web_url(url))
+    urls = (url for url in image_urls(diffusion) if _json_length(url) <= MAX_URL_LENGTH and is_web_url(url))
     return list(itertools.islice(urls, MAX_IMAGES))
 
 
@@ -196,12 +197,14 @@ def _non_blank(value: object) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
 
-def _is_web_url(url: str) -> bool:
+def is_web_url(url: str) -> bool:
+    """Whether ``url`` is http(s) with a host: what may be fetched or shown as an image."""
     try:
         parts = urlsplit(url)
+        host = parts.hostname
     except ValueError:
         return False
-    return parts.scheme.lower() in ("http", "https") and bool(parts.netloc)
+    return parts.scheme.lower() in ("http", "https") and bool(host)
 
 
 def failure_message(diffusion: object) -> str:

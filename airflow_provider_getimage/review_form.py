@@ -12,7 +12,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
+
+from airflow_provider_getimage import _rules
 
 __all__ = [
     "MAX_REVIEW_IMAGES",
@@ -165,11 +167,7 @@ def safe_image_url(url: str) -> str:
     """
     if not isinstance(url, str) or len(url) > URL_LIMIT:
         raise ValueError(f"image URL {_shown(url)} is not a URL of at most {URL_LIMIT} characters.")
-    try:
-        parts = urlsplit(url.strip())
-    except ValueError:
-        parts = None
-    if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+    if not _rules.is_web_url(url.strip()):
         raise ValueError(f"image URL {_shown(url)} is not an http(s) URL: it is not shown for review.")
     return quote(url.strip(), safe=_URL_SAFE)
 
