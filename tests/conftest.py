@@ -38,6 +38,8 @@ def pytest_runtest_makereport(
     return report
 
 
+#: One per process: under pytest-xdist (``make unit``) each worker imports this file, so each has a
+#: home and a sqlite database of its own.
 AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="getimage-test-airflow-"))
 BUNDLES = [
     {
@@ -70,6 +72,11 @@ os.environ.update(
 )
 # A developer's own connection must not leak into the tests.
 os.environ.pop("AIRFLOW_CONN_GETIMAGE_DEFAULT", None)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Delete this process's Airflow home, also where no test used ``airflow_db`` (xdist's controller)."""
+    shutil.rmtree(AIRFLOW_HOME, ignore_errors=True)
 
 
 FAST_RETRIES = RetryPolicy(max_attempts=3, backoff_base=0.02, backoff_max=0.05, retry_after_cap=0.1)
