@@ -49,11 +49,12 @@ typecheck: $(STAMP)
 
 # The tests that are not e2e run first, in PYTEST_WORKERS pytest-xdist processes that each take a
 # whole test file at a time (--dist loadfile: a module's fixture, say one build or one DAG run, is
-# made once); most of them wait on emulator latencies, not the CPU. The e2e tests (real deployments,
-# PostgreSQL databases, kills timed against a running DAG) run after them in one process, alone.
+# made once), the slowest files first (tests/conftest.py); most of them wait on emulator latencies,
+# not the CPU. The e2e tests (real deployments, PostgreSQL databases, kills timed against a running
+# DAG) run after them in one process, alone.
 # Both parts always run; the exit status is the first failure's. PYTEST_WORKERS=0: no workers.
 PYTEST_WORKERS ?= 2
-PYTEST_PARALLEL = -n $(PYTEST_WORKERS) --dist loadfile
+PYTEST_PARALLEL = -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 unit: $(STAMP) browser
 	status=0; \
