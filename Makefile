@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install browser demo test lint typecheck unit bench bench-deployment bench-scale bench-batch bench-celery clean lock test-matrix dist docs
+.PHONY: install browser demo test lint typecheck unit matrix-venvs bench bench-deployment bench-scale bench-batch bench-celery clean lock test-matrix dist docs
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed, found " + sys.version.split()[0])'
@@ -47,8 +47,20 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# The tests that are not e2e run first, in PYTEST_WORKERS pytest-xdist processes that each take a
+# whole test file at a time (--dist loadfile: a module's fixture, say one build or one DAG run, is
+# made once), the slowest files first (tests/conftest.py); most of them wait on emulator latencies,
+# not the CPU. The e2e tests (real deployments, PostgreSQL databases, kills timed against a running
+# DAG) run after them in one process, alone.
+# Both parts always run; the exit status is the first failure's. PYTEST_WORKERS=0: no workers.
+PYTEST_WORKERS ?= 2
+PYTEST_PARALLEL = -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
 unit: $(STAMP) browser
-	$(BIN)/python -m pytest
+	status=0; \
+	$(BIN)/python -m pytest -m "not e2e" $(PYTEST_PARALLEL) || status=$$?; \
+	$(BIN)/python -m pytest -m e2e || { rc=$$?; [ $$status != 0 ] || status=$$rc; }; \
+	exit $$status
 
 test: lint typecheck unit
 
@@ -64,10 +76,13 @@ MATRIX ?= 3.0
 	PIP_CONSTRAINT=$(CURDIR)/constraints/airflow-$*.txt .venv-airflow-$*/bin/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
-test-matrix: $(foreach version,$(MATRIX),.venv-airflow-$(version)/.installed-stamp)
+# The venvs alone: .ci/run builds them while `make test` runs.
+matrix-venvs: $(foreach version,$(MATRIX),.venv-airflow-$(version)/.installed-stamp)
+
+test-matrix: matrix-venvs
 	@set -e; for version in $(MATRIX); do \
 	  echo "== Airflow $$(.venv-airflow-$$version/bin/python -c 'import importlib.metadata as m; print(m.version("apache-airflow"))'): pytest -m 'not e2e'"; \
-	  .venv-airflow-$$version/bin/python -m pytest -m "not e2e" -q; \
+	  .venv-airflow-$$version/bin/python -m pytest -m "not e2e" -q $(PYTEST_PARALLEL); \
 	done
 
 # Wheel and sdist in dist/ (hatchling pinned by constraints.txt), checked by twine.

@@ -247,8 +247,21 @@ def stop_group(process: subprocess.Popen[bytes]) -> None:
             os.killpg(process.pid, sig)
         except ProcessLookupError:
             return
-        time.sleep(3)
+        group_gone(process.pid, timeout=3)  # the emulator is gone in well under a second
     process.wait(timeout=30)
+
+
+def group_gone(pgid: int, timeout: float) -> bool:
+    """Wait up to ``timeout`` s for process group ``pgid`` to be empty; whether it is."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
 
 
 def test_the_walkthrough_gets_to_images(walkthrough: Walkthrough) -> None:
