@@ -18,7 +18,7 @@ import re
 import time
 import unicodedata
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote, quote_plus, urlsplit
 
@@ -100,6 +100,7 @@ SUCCESS_STATUSES = frozenset({"FINISHED"})
 FAILURE_STATUSES = frozenset({"FAILED", "ERROR", "CANCELED", "CANCELLED", "REJECTED", "EXPIRED"})
 RUNNING_STATUSES = frozenset({"NEW", "PROCESSING"})
 """The running statuses seen from the service; any other unknown status is logged once."""
+KNOWN_STATUSES = SUCCESS_STATUSES | FAILURE_STATUSES | RUNNING_STATUSES
 
 IMAGE_URL_KEYS = ("url", "imageUrl", "uri", "src")
 _HOSTNAME = re.compile(r"^[A-Za-z0-9._~%:-]+$")
@@ -128,7 +129,7 @@ def classify(status: object) -> Classification:
     return "running"
 
 
-@dataclass
+@dataclass(slots=True)
 class StatusWatch:
     """
     Remember the last status seen for one diffusion, so each change is logged once.
@@ -138,17 +139,17 @@ class StatusWatch:
     """
 
     last: str | None = None
-    unknown_seen: set[str] = field(default_factory=set)
+    # No set per watch until an unknown status shows up: a triggerer holds a watch per trigger.
+    unknown_seen: frozenset[str] = frozenset()
 
     def observe(self, status: object) -> tuple[bool, bool]:
         text = status.strip().upper() if isinstance(status, str) else ""
         current = clip(text, 100) or "<missing>"
         changed = current != self.last
         self.last = current
-        known = current in SUCCESS_STATUSES | FAILURE_STATUSES | RUNNING_STATUSES
-        newly_unknown = not known and current not in self.unknown_seen
+        newly_unknown = current not in KNOWN_STATUSES and current not in self.unknown_seen
         if newly_unknown:
-            self.unknown_seen.add(current)
+            self.unknown_seen |= {current}
         return changed, newly_unknown
 
 

@@ -60,7 +60,7 @@ class Poll:
     error: GetImageError | None = None
 
 
-@dataclass
+@dataclass(slots=True)  # no __dict__ per watch: a triggerer holds one per trigger
 class DiffusionWatch:
     """
     One diffusion being waited for: its status so far, its clock and its deadline.
