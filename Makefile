@@ -93,11 +93,11 @@ dist: $(STAMP)
 
 # Trigger polling benchmark (benchmarks/README.md), run as a module from the repository root: the
 # polling phase (N = 100, 1000, 5000; 7-10 minutes on 2 cores) then the start phase (a fresh
-# triggerer's start cost and steady poll, N = 1000 at 11 and 31 polls; about 8 minutes). Not CI.
+# triggerer's start cost and steady poll, N = 1000 at 3, 11 and 31 polls; about 10 minutes). Not CI.
 # Then the deployment check: 200 mapped deferred generations on real Airflow processes (10-15 min).
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.trigger_polling --n 100 1000 5000 --repeats 3 --interval 2 --latency 6 \
-	  --start-n 1000 --start-polls 11 31 --start-interval 1 --start-repeats 5 --json bench-results.json
+	  --start-n 1000 --start-polls 3 11 31 --start-interval 1 --start-repeats 5 --json bench-results.json
 	$(MAKE) bench-deployment
 
 bench-deployment: $(STAMP)

@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--start-polls",
         type=int,
         nargs="+",
-        default=[11, 31],
+        default=[3, 11, 31],
         help="generation lengths, in polls: the points of the fit (two at least)",
     )
     start.add_argument("--start-interval", type=float, default=1.0, help="poll interval, seconds")

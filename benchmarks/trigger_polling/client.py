@@ -126,11 +126,19 @@ def client_main(mode: str, profile: str, interval: float, log_file: Path | None)
     else:
         counter = count_and_drop()
     hook_preloaded = HOOK_MODULE in sys.modules
+    aiohttp_preloaded = "aiohttp" in sys.modules
     process = psutil.Process()
     print(READY, flush=True)
     go = json.loads(sys.stdin.readline())
     ids: list[str] = go["ids"]
 
+    # Every mode's window starts with the collector in the same state: no debt of old-generation
+    # objects carried in from the imports before it. Without this the floor's aiohttp import,
+    # outside its window, ends in a full collection and leaves it a fresh count, while the
+    # provider's imports (the triggerer's, the trigger module) leave it ten younger collections
+    # past its last full one, with what they promoted still counted: a full collection inside the
+    # window that the imports before it owed.
+    gc.collect()
     collections = FullCollections()
     gc.callbacks.append(collections)
     rss_start = process.memory_info().rss
@@ -161,6 +169,7 @@ def client_main(mode: str, profile: str, interval: float, log_file: Path | None)
         "log_samples": counter.samples,
         "log_lines": log_lines,
         "hook_preloaded": hook_preloaded,
+        "aiohttp_preloaded": aiohttp_preloaded,
         "gc_full_collections": collections.count,
         "gc_full_s": collections.seconds,
         "gc_collections": collections.by_generation,

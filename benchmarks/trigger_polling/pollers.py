@@ -134,13 +134,20 @@ def load_baseline(interval: float) -> PollerFactory:
 
 
 def load_floor(interval: float, base_url: str, ca_bundle: str) -> PollerFactory:
-    """The floor: one shared ``aiohttp.ClientSession`` with default settings, nothing else."""
-    import aiohttp
+    """
+    The floor: one shared ``aiohttp.ClientSession`` with default settings, nothing else.
 
-    context = ssl.create_default_context(cafile=ca_bundle)
+    Its aiohttp import and TLS context are made in the window, as the provider's are (the hook
+    module's import, the session's CA bundle): a fresh triggerer has not loaded aiohttp, so a bare
+    aiohttp poller started there pays its import too. Where aiohttp is loaded already (the
+    steady profile), the import is a dictionary lookup.
+    """
 
     @contextlib.asynccontextmanager
     async def pollers(_deadline: float) -> AsyncIterator[Poll]:
+        import aiohttp
+
+        context = ssl.create_default_context(cafile=ca_bundle)
         async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {API_KEY}"}) as session:
 
             async def poll(diffusion_id: str) -> PollerResult:

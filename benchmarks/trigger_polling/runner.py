@@ -274,6 +274,7 @@ def measure(
         "log_retries": report["log_retries"],
         "log_lines": report.get("log_lines"),
         "hook_preloaded": report.get("hook_preloaded"),
+        "aiohttp_preloaded": report.get("aiohttp_preloaded"),
         "non_2xx_responses": non_ok,
         "error_samples": report["error_samples"] + report["log_samples"],
         "polls": polls,

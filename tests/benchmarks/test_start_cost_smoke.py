@@ -43,6 +43,8 @@ def test_every_trigger_ran_in_a_fresh_triggerer(start_run):
         assert run["errors"] == 0, where
         assert run["cpu_s"] > 0, where
         assert run["polls_per_generation"] >= 1, where
+        # Both modes import their HTTP client inside the window, as in a fresh triggerer.
+        assert run["aiohttp_preloaded"] is False, where
     for run in (run for run in runs if run["mode"] == "provider"):
         # The hook module was left to the first trigger, and the status changes were rendered.
         assert run["hook_preloaded"] is False
