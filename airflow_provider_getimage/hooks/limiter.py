@@ -76,7 +76,10 @@ class AsyncLimiter:
     common case: two float comparisons). Otherwise the caller waits in a heap ordered by its
     ``due`` time; one timer hands out each token as it frees up, to the earliest-due waiter.
 
-    :param rate: tokens (requests) a second.
+    :param rate: at most this many tokens (requests) in any one second, saved tokens included: the
+        tokens flow at ``rate - (burst - 1)`` a second, so a service that counts ``rate`` a second
+        in a sliding window never sees more from this limiter (without that, 20 ms of saved tokens
+        at 200/s sent 203 in some seconds, and each 429 paused every request for a second).
     :param burst: tokens saved up while idle; default ``rate x LAG_ALLOWANCE`` (at least 1), what a
         late timer needs to keep the rate while requests stay nearly evenly spaced.
     """
@@ -86,7 +89,9 @@ class AsyncLimiter:
     def __init__(self, rate: float, burst: float | None = None) -> None:
         if burst is None:
             burst = max(1.0, rate * LAG_ALLOWANCE)
-        self._bucket = _rules.TokenBucket(rate, burst)
+        if not rate > burst - 1:
+            raise ValueError(f"burst ({burst!r}) must be less than rate + 1 ({rate!r} + 1)")
+        self._bucket = _rules.TokenBucket(rate - (burst - 1), burst)
         self._loop = asyncio.get_running_loop()
         self._waiters: list[tuple[float, int, asyncio.Future[None]]] = []
         self._order = itertools.count()

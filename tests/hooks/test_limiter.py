@@ -90,6 +90,31 @@ async def test_free_token_is_taken_at_once_then_requests_are_spaced() -> None:
     limiter.close()
 
 
+async def test_no_second_holds_more_than_the_rate_saved_tokens_included() -> None:
+    # At 200/s the default saves 4 tokens; a service counting 200 in a sliding second (the
+    # emulator's --rate-limit) must never see 201, or its 429 pauses the whole connection.
+    limiter = AsyncLimiter(200)
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(0.05)  # idle: the saved tokens fill up, then everyone asks at once
+    handed: list[float] = []
+
+    async def ask() -> None:
+        await limiter.acquire()
+        handed.append(loop.time())
+
+    await asyncio.gather(*(ask() for _ in range(500)))
+    window: collections.deque[float] = collections.deque()
+    busiest = 0
+    for when in handed:
+        while window and window[0] <= when - 1.0:
+            window.popleft()
+        window.append(when)
+        busiest = max(busiest, len(window))
+    assert busiest <= 200
+    assert busiest >= 195  # and it still runs near the rate
+    limiter.close()
+
+
 async def test_waiters_are_served_earliest_due_first() -> None:
     limiter = AsyncLimiter(100, burst=1)
     await limiter.acquire()  # the free token: everyone below waits
