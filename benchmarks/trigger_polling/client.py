@@ -89,12 +89,21 @@ class FullCollections:
             self._began = None
 
 
+def load_triggerer() -> bool:
+    """
+    Load what a trigger runner has loaded before it starts any trigger; True if aiohttp is in it.
+
+    The triggerer's own modules: Airflow's task SDK, its supervisor and logging, not the hook. On
+    Airflow 3.0 they bring aiohttp too (through ``svcs``), so a fresh triggerer there has it and
+    neither mode pays its import; from 3.1 on, each mode imports it inside its window.
+    """
+    import airflow.jobs.triggerer_job_runner  # noqa: F401
+
+    return "aiohttp" in sys.modules
+
+
 def load(mode: str, profile: str, interval: float) -> PollerFactory:
     """Import what the mode needs (outside the window) and return its pollers."""
-    if profile == "start":
-        # What a trigger runner has loaded before it starts any trigger: the triggerer's own
-        # modules (Airflow's task SDK, its supervisor and logging). Not aiohttp, not the hook.
-        import airflow.jobs.triggerer_job_runner  # noqa: F401
     base_url = os.environ["BENCH_BASE_URL"]
     ca_bundle = os.environ["BENCH_CA_BUNDLE"]
     if mode == "provider":
@@ -115,6 +124,7 @@ def client_main(mode: str, profile: str, interval: float, log_file: Path | None)
 
     raise_nofile_limit()
     first_requests = track_first_requests() if profile == "steady" else {}
+    aiohttp_in_triggerer = load_triggerer() if profile == "start" else False
     factory = load(mode, profile, interval)
     # After the imports: Airflow configures logging when imported, and import-time noise
     # (deprecation warnings) is not a polling error.
@@ -126,7 +136,8 @@ def client_main(mode: str, profile: str, interval: float, log_file: Path | None)
     else:
         counter = count_and_drop()
     hook_preloaded = HOOK_MODULE in sys.modules
-    aiohttp_preloaded = "aiohttp" in sys.modules
+    # Loaded before the window by the benchmark, not by the triggerer a real run starts in.
+    aiohttp_preloaded = "aiohttp" in sys.modules and not aiohttp_in_triggerer
     process = psutil.Process()
     print(READY, flush=True)
     go = json.loads(sys.stdin.readline())
@@ -170,6 +181,7 @@ def client_main(mode: str, profile: str, interval: float, log_file: Path | None)
         "log_lines": log_lines,
         "hook_preloaded": hook_preloaded,
         "aiohttp_preloaded": aiohttp_preloaded,
+        "aiohttp_in_triggerer": aiohttp_in_triggerer,
         "gc_full_collections": collections.count,
         "gc_full_s": collections.seconds,
         "gc_collections": collections.by_generation,

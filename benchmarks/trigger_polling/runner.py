@@ -275,6 +275,7 @@ def measure(
         "log_lines": report.get("log_lines"),
         "hook_preloaded": report.get("hook_preloaded"),
         "aiohttp_preloaded": report.get("aiohttp_preloaded"),
+        "aiohttp_in_triggerer": report.get("aiohttp_in_triggerer"),
         "non_2xx_responses": non_ok,
         "error_samples": report["error_samples"] + report["log_samples"],
         "polls": polls,
