@@ -52,6 +52,7 @@ typecheck: $(STAMP)
 # made once), the slowest files first (tests/conftest.py); most of them wait on emulator latencies,
 # not the CPU. The e2e tests (real deployments, PostgreSQL databases, kills timed against a running
 # DAG) run after them in one process, alone.
+# The e2e part lists its 12 slowest tests (CI's time budget, CONTRIBUTING.md "CI").
 # Both parts always run; the exit status is the first failure's. PYTEST_WORKERS=0: no workers.
 PYTEST_WORKERS ?= 2
 PYTEST_PARALLEL = -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
@@ -59,7 +60,7 @@ PYTEST_PARALLEL = -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 unit: $(STAMP) browser
 	status=0; \
 	$(BIN)/python -m pytest -m "not e2e" $(PYTEST_PARALLEL) || status=$$?; \
-	$(BIN)/python -m pytest -m e2e || { rc=$$?; [ $$status != 0 ] || status=$$rc; }; \
+	$(BIN)/python -m pytest -m e2e --durations=12 || { rc=$$?; [ $$status != 0 ] || status=$$rc; }; \
 	exit $$status
 
 test: lint typecheck unit
