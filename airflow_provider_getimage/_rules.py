@@ -884,7 +884,8 @@ class TokenBucket:
         """Hand out no token before ``when`` (a clock value of the caller's)."""
         self._paused_until = max(self._paused_until, when)
 
-    def wait(self, now: float) -> float:
-        """Seconds until a token is free, without booking it."""
+    def wait(self, now: float, tokens: int = 1) -> float:
+        """Seconds until ``tokens`` (at most ``burst``) are free, without booking them."""
         interval = 1.0 / self.rate
-        return max(0.0, max(self._next, now - (self.burst - 1) * interval, self._paused_until) - now)
+        earliest = max(self._next, now - (self.burst - 1) * interval, self._paused_until)
+        return max(0.0, earliest + (tokens - 1) * interval - now)

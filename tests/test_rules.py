@@ -538,6 +538,17 @@ def test_token_bucket_burst_saves_up_only_burst_tokens() -> None:
     assert [bucket.take(now=3700.0) for _ in range(4)] == [0.0, 0.0, 0.0, 0.5]
 
 
+def test_token_bucket_says_when_several_tokens_are_free() -> None:
+    bucket = _rules.TokenBucket(rate=10, burst=4)
+    assert bucket.wait(now=50.0, tokens=4) == 0.0  # idle: the saved tokens are there
+    for _ in range(4):
+        bucket.take(now=50.0)
+    assert bucket.wait(now=50.0) == pytest.approx(0.1)
+    assert bucket.wait(now=50.0, tokens=2) == pytest.approx(0.2)
+    bucket.pause_until(51.0)
+    assert bucket.wait(now=50.0, tokens=2) == pytest.approx(1.1)  # one at the pause's end, one later
+
+
 def test_token_bucket_pause_holds_every_token_back() -> None:
     bucket = _rules.TokenBucket(rate=10)
     bucket.pause_until(5.0)

@@ -490,16 +490,35 @@ class GetImageAsyncHook(_HookMixin, HttpAsyncHook):
         record = await self._request("POST", _rules.DIFFUSIONS_PATH, body)
         return self._checked_submission(record, body["model"], self.log)
 
-    async def get_diffusion(self, diffusion_id: str, *, deadline: float | None = None) -> dict[str, Any]:
+    @property
+    def queues_polls(self) -> bool:
+        """
+        True once the connection's rate limiter serves this hook: ``get_diffusion(wait=...)`` then
+        spends its wait in the limiter's queue, one wake-up of the loop per poll, where a sleep
+        before the call would add a second.
+        """
+        return self._limiter is not None
+
+    async def get_diffusion(
+        self, diffusion_id: str, *, deadline: float | None = None, wait: float = 0.0
+    ) -> dict[str, Any]:
         """
         The current record of a diffusion (``status``; ``images`` once FINISHED).
 
         :param deadline: epoch seconds after which no retry starts (a trigger's ``end_time``).
+        :param wait: seconds before the request goes (a poll interval): queued in the connection's
+            rate limiter when there is one (:attr:`queues_polls`), slept otherwise.
         """
         diffusion_id = _rules.check_diffusion_id(diffusion_id)
         path = _rules.diffusion_path(diffusion_id)
         # ``_request`` inlined: every trigger polls through here, one coroutine less in flight.
         due = asyncio.get_running_loop().time()
+        if wait > 0:
+            if self._limiter is None:
+                await asyncio.sleep(wait)
+                due = asyncio.get_running_loop().time()
+            else:
+                due += wait
         record = await self._attempt("GET", path, None, due)
         if isinstance(record, Attempt):
             record = await self._retry(record, "GET", path, None, diffusion_id, deadline, due)

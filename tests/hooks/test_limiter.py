@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import json
 import time
 from typing import TYPE_CHECKING, Any
@@ -131,6 +132,54 @@ async def test_waiters_are_served_earliest_due_first() -> None:
     limiter.close()
 
 
+async def test_a_due_in_the_future_is_a_wait_of_its_own() -> None:
+    # A trigger queues its next poll instead of sleeping first: no token before its due time, and
+    # one that arrives later but is due sooner goes first (the limiter's timer is moved up for it).
+    limiter = AsyncLimiter(100)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    served: dict[str, float] = {}
+
+    async def poll(name: str, due: float) -> None:
+        await limiter.acquire(due)
+        served[name] = loop.time()
+
+    late = asyncio.create_task(poll("late", start + 0.3))
+    await asyncio.sleep(0.01)
+    await poll("soon", start + 0.1)
+    await late
+    assert start + 0.099 <= served["soon"] < start + 0.2, served["soon"] - start
+    assert start + 0.299 <= served["late"] < start + 0.4, served["late"] - start
+    limiter.close()
+
+
+async def test_a_crowd_is_served_two_tokens_per_wake_up() -> None:
+    # At 200/s the limiter saves 4 tokens; it hands them out in pairs, so a crowd of waiting polls
+    # wakes the loop 100 times a second, not 200 (a wake-up costs more CPU than the poll's Python).
+    limiter = AsyncLimiter(200)
+    await limiter.acquire()
+    loop = asyncio.get_running_loop()
+    handed: list[float] = []
+
+    async def ask() -> None:
+        await limiter.acquire()
+        handed.append(loop.time())
+
+    await asyncio.gather(*(ask() for _ in range(40)))
+    # The polls of one wake-up resume one after the other (microseconds apart); wake-ups are ms apart.
+    groups = [1]
+    for earlier, later in itertools.pairwise(handed):
+        if later - earlier > 0.002:
+            groups.append(0)
+        groups[-1] += 1
+    # The first 3 take the saved tokens at once; the timer set while one waited hands out 1; from
+    # then on every wake-up hands out 2 (the last one what is left).
+    assert groups[:2] == [3, 1], groups
+    assert groups[2:-1] == [2] * (len(groups) - 3), groups
+    assert 0.17 <= handed[-1] - handed[0] < 0.35  # still about the rate: 38 intervals of 1/197 s
+    limiter.close()
+
+
 async def test_cancelled_waiter_gives_its_turn_away() -> None:
     limiter = AsyncLimiter(20)
     await limiter.acquire()
@@ -224,6 +273,28 @@ async def test_no_extra_no_limiter(getimage_airflow_conn: Emulator) -> None:
     async with GetImageAsyncHook(retry_policy=FAST) as hook:
         await hook.get_diffusion(submit(getimage_airflow_conn, "unlimited"))
         assert hook._limiter is None
+        assert not hook.queues_polls
+
+
+@pytest.mark.parametrize("rate", [None, 50])
+async def test_a_polls_wait_is_slept_or_queued_and_nothing_goes_early(
+    getimage_airflow_conn: Emulator, monkeypatch: pytest.MonkeyPatch, rate: float | None
+) -> None:
+    limit_connection(monkeypatch, getimage_airflow_conn, rate)
+    diffusion_id = submit(getimage_airflow_conn, "waited")
+    async with GetImageAsyncHook(retry_policy=FAST) as hook:
+        assert not hook.queues_polls  # no session yet: the first wait is a sleep
+        await hook.get_diffusion(diffusion_id)
+        assert hook.queues_polls is (rate is not None)
+        polls = getimage_airflow_conn.stats()["polls"]
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        poll = asyncio.create_task(hook.get_diffusion(diffusion_id, wait=0.4))
+        await asyncio.sleep(0.3)
+        assert getimage_airflow_conn.stats()["polls"] == polls, "the poll went before its wait"
+        record = await poll
+        assert loop.time() - start >= 0.399
+    assert record["id"] == diffusion_id
 
 
 async def run_triggers(emulator: Emulator, count: int) -> list[dict[str, Any]]:
