@@ -512,13 +512,10 @@ class GetImageAsyncHook(_HookMixin, HttpAsyncHook):
         diffusion_id = _rules.check_diffusion_id(diffusion_id)
         path = _rules.diffusion_path(diffusion_id)
         # ``_request`` inlined: every trigger polls through here, one coroutine less in flight.
-        due = asyncio.get_running_loop().time()
-        if wait > 0:
-            if self._limiter is None:
-                await asyncio.sleep(wait)
-                due = asyncio.get_running_loop().time()
-            else:
-                due += wait
+        if wait > 0 and self._limiter is None:
+            await asyncio.sleep(wait)
+            wait = 0.0
+        due = asyncio.get_running_loop().time() + wait
         record = await self._attempt("GET", path, None, due)
         if isinstance(record, Attempt):
             record = await self._retry(record, "GET", path, None, diffusion_id, deadline, due)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-import math
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -91,7 +90,7 @@ class AsyncLimiter:
         late timer needs to keep the rate while requests stay nearly evenly spaced.
     """
 
-    __slots__ = ("_batch", "_bucket", "_closed", "_loop", "_order", "_timer", "_timer_at", "_waiters")
+    __slots__ = ("_batch", "_bucket", "_closed", "_loop", "_order", "_timer", "_waiters")
 
     def __init__(self, rate: float, burst: float | None = None) -> None:
         if burst is None:
@@ -106,7 +105,6 @@ class AsyncLimiter:
         self._order = itertools.count()
         """Ties of ``due`` go in arrival order."""
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = math.inf
         self._closed = False
 
     @property
@@ -156,7 +154,7 @@ class AsyncLimiter:
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
-            self._timer, self._timer_at = None, math.inf
+            self._timer = None
         waiters, self._waiters = self._waiters, []
         for _, _, waiter in waiters:
             if not waiter.done():
@@ -173,14 +171,14 @@ class AsyncLimiter:
         tokens = min(self._batch, len(self._waiters))
         when = max(now + self._bucket.wait(now, tokens), self._waiters[0][0])
         if self._timer is not None:
-            if when >= self._timer_at:
+            if when >= self._timer.when():
                 return
             self._timer.cancel()  # a new waiter is due before the one the timer was set for
-        self._timer, self._timer_at = self._loop.call_at(when, self._hand_out), when
+        self._timer = self._loop.call_at(when, self._hand_out)
 
     def _hand_out(self) -> None:
         """Give each free token to the earliest-due live waiter whose time has come, then wait again."""
-        self._timer, self._timer_at = None, math.inf
+        self._timer = None
         now = self._loop.time()
         waiters = self._waiters
         while waiters:
