@@ -15,6 +15,7 @@ from airflow_provider_getimage import _rules
 from airflow_provider_getimage.emulator import Fault
 from airflow_provider_getimage.hooks.getimage import GetImageAsyncHook, GetImageHook
 from airflow_provider_getimage.hooks.limiter import (
+    ARRIVAL_JITTER,
     AsyncLimiter,
     LimiterClosedError,
     SyncLimiter,
@@ -90,9 +91,22 @@ async def test_free_token_is_taken_at_once_then_requests_are_spaced() -> None:
     limiter.close()
 
 
-async def test_no_second_holds_more_than_the_rate_saved_tokens_included() -> None:
-    # At 200/s the default saves 4 tokens; a service counting 200 in a sliding second (the
-    # emulator's --rate-limit) must never see 201, or its 429 pauses the whole connection.
+def busiest_second(arrivals: list[float]) -> int:
+    """The most requests a service counting a sliding second (the emulator's --rate-limit) sees."""
+    window: collections.deque[float] = collections.deque()
+    busiest = 0
+    for when in sorted(arrivals):
+        while window and window[0] <= when - 1.0:
+            window.popleft()
+        window.append(when)
+        busiest = max(busiest, len(window))
+    return busiest
+
+
+async def test_no_second_holds_more_than_the_rate_saved_tokens_and_jitter_included() -> None:
+    # At 200/s the default saves 4 tokens; a service counting 200 in a sliding second must never
+    # see 201, or its 429 pauses the whole connection: not when the saved tokens are spent at
+    # once, nor when some requests take up to ARRIVAL_JITTER longer to arrive than the others.
     limiter = AsyncLimiter(200)
     loop = asyncio.get_running_loop()
     await asyncio.sleep(0.05)  # idle: the saved tokens fill up, then everyone asks at once
@@ -103,15 +117,10 @@ async def test_no_second_holds_more_than_the_rate_saved_tokens_included() -> Non
         handed.append(loop.time())
 
     await asyncio.gather(*(ask() for _ in range(500)))
-    window: collections.deque[float] = collections.deque()
-    busiest = 0
-    for when in handed:
-        while window and window[0] <= when - 1.0:
-            window.popleft()
-        window.append(when)
-        busiest = max(busiest, len(window))
-    assert busiest <= 200
-    assert busiest >= 195  # and it still runs near the rate
+    assert 190 <= busiest_second(handed) <= 200  # near the rate, never above it
+    # The worst stall: every request handed out in the first 20 ms arrives at its end.
+    stalled = [max(when, handed[0] + ARRIVAL_JITTER) for when in handed]
+    assert busiest_second(stalled) <= 200
     limiter.close()
 
 
@@ -172,7 +181,7 @@ async def test_a_crowd_is_served_two_tokens_per_wake_up(monkeypatch: pytest.Monk
     # The first 3 take the saved tokens at once; the other 37 wait: 19 wake-ups, one for the
     # token the first waiter was alone for (two per token before this limiter).
     assert wake_ups[0] <= 20, wake_ups[0]
-    assert loop.time() - start >= 0.17  # still no faster than the rate: 37 tokens at 197/s
+    assert loop.time() - start >= 0.17  # still no faster than the rate: 37 tokens at 193/s
     limiter.close()
 
 
