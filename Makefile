@@ -107,11 +107,13 @@ bench-deployment: $(STAMP)
 # One triggerer, N = 3,000 deferred generations polled every 5 s against an emulator that takes
 # R = 200 requests/s (demand 3x R): per-trigger 429 handling vs the connection's shared limiter
 # (max_requests_per_second = R), whose CPU per poll is compared with a limiter-free run polling
-# every N / R = 15 s (the same R polls/s). About 5 minutes on 2 cores. Not CI. The Celery
-# deployment at scale is `make bench-celery` (below), a target of its own: it needs Redis.
+# every N / R = 15 s (the same R polls/s); then the Celery deployment at scale (`make bench-celery`,
+# below; it needs Redis and PostgreSQL). About 5 + 15 minutes on 2 cores; exits 1 when a target
+# fails. Not CI.
 bench-scale: $(STAMP)
 	$(BIN)/python -m benchmarks.trigger_polling --phases scale --scale-n 3000 --scale-rate 200 \
-	  --scale-interval 5 --scale-latency 60 --scale-jitter 5 --json bench-scale.json
+	  --scale-interval 5 --scale-latency 60 --scale-jitter 5 --check --json bench-scale.json
+	$(MAKE) bench-celery
 
 # Batch benchmark (issue 12): 2,000 prompts as one GetImageBatchOperator task, then 200 mapped
 # deferrable tasks, on one real deployment (PostgreSQL); exits 1 when a target fails. Not CI;
