@@ -69,6 +69,7 @@ UNCERTAIN_ALLOWED = 1
 #: heartbeat timeout fails them, their retry re-attaches) and one triggerer (the other takes its triggers).
 VICTIMS = ("celery-worker", "triggerer-2")
 TASK_HEARTBEAT_TIMEOUT_S = 30
+TASK_QUEUED_TIMEOUT_S = 120
 SETTLE_S = 1.5
 
 
@@ -135,6 +136,11 @@ def deployment_env(args: argparse.Namespace, database_url: str) -> dict[str, str
         "AIRFLOW__CORE__DEFAULT_TASK_RETRIES": "1",
         "AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY": "5",
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(TASK_HEARTBEAT_TIMEOUT_S),
+        # A SIGKILLed worker also loses the messages it had reserved and not started: Airflow
+        # requeues those once they have been queued for task_queued_timeout (600 s by default,
+        # which was then most of the wall time). Here no task waits that long for a slot.
+        "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": str(TASK_QUEUED_TIMEOUT_S),
+        "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL": "15",
         # Airflow's defaults where the e2e deployment shortens a loop (as deployment_check).
         "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "30",
         "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "5",

@@ -119,3 +119,12 @@ def test_a_kill_may_leave_one_uncertain_item(kill_at: str, uncertain: int, submi
     obs = observed(batch=batch, submissions=submissions)
     result = {row["target"]: row["verdict"] for row in celery_check.targets(obs, args)}
     assert result["batch manifest complete"] == ok
+
+
+def test_a_killed_workers_reserved_tasks_come_back_within_minutes() -> None:
+    # A SIGKILLed worker loses the messages it had reserved and not started; Airflow requeues them
+    # after [scheduler] task_queued_timeout, whose 600 s default was most of a run's wall time.
+    args = celery_check.parse_args(["--mapped-n", "3", "--batch-n", "5", "--kill-at", "40"])
+    env = celery_check.deployment_env(args, "postgresql+psycopg2://postgres@127.0.0.1:5432/x")
+    assert float(env["AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT"]) <= 120
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
