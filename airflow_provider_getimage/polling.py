@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from airflow_provider_getimage import _rules
 from airflow_provider_getimage.exceptions import (
@@ -93,16 +93,23 @@ class DiffusionWatch:
             return self.judge_error(err)
         return self.judge(record)
 
-    def judge(self, record: object) -> Poll:
+    def judge(self, record: object, *, checked: bool = False) -> Poll:
         """
         Judge a polled record: a status change is logged once (INFO), an unknown status once
         (WARNING), every other poll at DEBUG. A record whose fields have the wrong types ends the
         wait (``error``): it names the field, where reading on would raise a raw ``TypeError``.
+
+        :param checked: the record is one ``GetImageAsyncHook.get_diffusion`` returned, whose
+            types it checked already (:func:`checked_record`): a triggerer's every poll, not
+            checked twice.
         """
-        try:
-            record = checked_record(record, self.diffusion_id)
-        except GetImageError as err:
-            return Poll("error", error=err)
+        if checked:
+            record = cast("dict[str, Any]", record)
+        else:
+            try:
+                record = checked_record(record, self.diffusion_id)
+            except GetImageError as err:
+                return Poll("error", error=err)
         status = record.get("status")
         previous = self.status.last
         changed, newly_unknown = self.status.observe(status)

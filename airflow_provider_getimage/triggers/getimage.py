@@ -138,7 +138,7 @@ class GetImageDiffusionTrigger(BaseTrigger):
                 except GetImageError as err:
                     poll = watch.judge_error(err)
                 else:
-                    poll = watch.judge(record)
+                    poll = watch.judge(record, checked=True)
                 if poll.outcome != "running":
                     return self._outcome_event(poll)
                 del poll
