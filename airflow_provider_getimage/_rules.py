@@ -536,6 +536,18 @@ def check_diffusion_id(diffusion_id: object) -> str:
 
     :raises ValueError: naming the (clipped) value and what is wrong with it.
     """
+    if type(diffusion_id) is str:
+        return _checked_text_id(diffusion_id)
+    return _checked_id(diffusion_id)
+
+
+@functools.lru_cache(maxsize=8192)
+def _checked_text_id(diffusion_id: str) -> str:
+    """:func:`check_diffusion_id` for a string, cached: a trigger checks its one id every poll."""
+    return _checked_id(diffusion_id)
+
+
+def _checked_id(diffusion_id: object) -> str:
     problem = id_problem(diffusion_id)
     shown = clip(repr(diffusion_id), 80)
     if not isinstance(diffusion_id, str) or not diffusion_id.strip():

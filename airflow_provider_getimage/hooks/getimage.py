@@ -373,8 +373,6 @@ class GetImageAsyncHook(_HookMixin, HttpAsyncHook):
         self._settings: ApiSettings | None = None
         self._session: aiohttp.ClientSession | None = None
         self._limiter: AsyncLimiter | None = None
-        self._polled: tuple[str, str, str] | None = None
-        """The id last polled as given, checked, and its path: a trigger asks for one id every poll."""
 
     async def get_settings(self) -> ApiSettings:
         """The connection's settings: one asynchronous lookup per event loop, shared by its hooks."""
@@ -511,11 +509,8 @@ class GetImageAsyncHook(_HookMixin, HttpAsyncHook):
         :param wait: seconds before the request goes (a poll interval): queued in the connection's
             rate limiter when there is one (:attr:`queues_polls`), slept otherwise.
         """
-        polled = self._polled
-        if polled is None or polled[0] is not diffusion_id:  # the same str object: checked already
-            checked = _rules.check_diffusion_id(diffusion_id)
-            polled = self._polled = (diffusion_id, checked, _rules.diffusion_path(checked))
-        diffusion_id, path = polled[1], polled[2]
+        diffusion_id = _rules.check_diffusion_id(diffusion_id)
+        path = _rules.diffusion_path(diffusion_id)
         # ``_request`` inlined: every trigger polls through here, one coroutine less in flight.
         if wait > 0 and self._limiter is None:
             await asyncio.sleep(wait)

@@ -121,7 +121,7 @@ class AsyncLimiter:
 
     @property
     def rate(self) -> float:
-        """The limit: requests a second (the tokens flow a little slower, see ``rate``)."""
+        """The limit: requests a second (the tokens flow a little slower: the class's ``rate``)."""
         return self._rate
 
     @property
